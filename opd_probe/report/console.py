@@ -1,0 +1,98 @@
+"""Rich rendering: the ranking table (stdout) and progress bars (stderr)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..types import ProbeResults
+
+# (metric, column header, decimals)
+COLUMNS = [
+    ("overlap_ratio", "overlap\nratio ↑", 3),
+    ("overlap_mass_student", "mass\nstud. ↑", 3),
+    ("overlap_mass_teacher", "mass\nteach. ↑", 3),
+    ("entropy_gap", "entropy\ngap ↓", 3),
+    ("topk_reverse_kl", "top-k\nrev. KL", 3),
+    ("sampled_reverse_kl", "sampled\nrev. KL", 3),
+    ("topk_coverage_student", "cov.\nstud.", 3),
+    ("topk_coverage_teacher", "cov.\nteach.", 3),
+    ("top1_agreement", "top-1\nagree ↑", 3),
+]
+
+
+def _fmt(x: float, d: int) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+
+
+def _ci(e, d: int) -> str:
+    return f"{_fmt(e.ci_low, d - 1)}–{_fmt(e.ci_high, d - 1)}"
+
+
+def ranking_table(results: ProbeResults) -> Table:
+    cfg = results.config
+    ro = results.rollouts
+    title = (
+        f"student {results.student.get('path')} · {ro['prompts']} prompts × {ro['samples_per_prompt']} samples · "
+        f"{ro['states']} states · k={cfg['top_k']}"
+    )
+    table = Table(title=title, caption=f"mean, and below it the {int(cfg['ci_level'] * 100)}% bootstrap CI over prompts; "
+                  "KL and entropy in nats/token; ranked by overlap ratio", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("teacher", overflow="fold", min_width=12)
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    by_name = {p.teacher: p for p in results.pairs}
+    for rank, name in enumerate(results.ranking, 1):
+        pair = by_name[name]
+        cells = []
+        for metric, _, d in COLUMNS:
+            e = pair.pooled[metric]
+            cells.append(f"{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
+        table.add_row(str(rank), name, *cells)
+    return table
+
+
+def print_results(results: ProbeResults, stdout: Console, stderr: Console) -> None:
+    stdout.print(ranking_table(results))
+    for w in results.warnings:
+        stderr.print(f"[yellow]warning:[/yellow] {w}")
+    for p in results.pairs:
+        for w in p.warnings:
+            stderr.print(f"[yellow]warning ({p.teacher}):[/yellow] {w}")
+
+
+class RichProgress:
+    """pipeline.Progress on stderr: one bar per stage, log lines above it."""
+
+    def __init__(self, console: Console, enabled: bool = True):
+        self.console = console
+        self.enabled = enabled
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False, disable=not enabled,
+        )
+        self._task = None
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def stage(self, name: str, total: int) -> None:
+        if self._task is not None:
+            self._bar.stop_task(self._task)
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, n)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self._bar.console.print(f"[dim]{message}[/dim]")

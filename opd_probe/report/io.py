@@ -1,0 +1,200 @@
+"""The out directory: atomic writes, resumable parts, and loading a finished run back.
+
+Layout of an out directory:
+
+    config.json        the run's config (written first; --resume checks it)
+    rollouts.jsonl     one student rollout per line (appended per finished prompt batch)
+    scores/<slug>/part-<first>-<last>.npz   per-model statistics at every state, one file per finished batch
+    states.parquet     one row per teacher x state with every per-state metric
+    results.json       the results document (written last; its presence means the run finished)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import InputError, OutputError
+from ..types import ProbeResults, Rollout
+
+OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html")
+OWN_DIRS = ("scores",)
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None (strict JSON that jq reads), numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    return x
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_clean(obj), indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class OutDir:
+    """One run's out directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    # -------------------------------------------------------------- preparing
+    def prepare(self, config_dict: dict, resume: bool, overwrite: bool, numbers_key) -> None:
+        """Create the directory, or check it may be resumed / overwritten. Writes config.json."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"--out {p} exists and is not a directory", fix="pass a directory path for --out")
+        existing = [c.name for c in p.iterdir()] if p.is_dir() else []
+        if resume:
+            if not (p / "config.json").exists():
+                raise OutputError(f"--resume: {p} holds no run to resume (no config.json)",
+                                  fix="drop --resume to start a new run there, or point --out at the interrupted run")
+            old = json.loads((p / "config.json").read_text())
+            if numbers_key(old) != numbers_key(config_dict):
+                diff = sorted(k for k in set(numbers_key(old)) | set(numbers_key(config_dict))
+                              if numbers_key(old).get(k) != numbers_key(config_dict).get(k))
+                raise OutputError(
+                    f"--resume: the settings differ from the interrupted run in {p}: {', '.join(diff)}",
+                    fix="resume with the same arguments as the original run, or use a new --out",
+                )
+        elif existing:
+            if not overwrite:
+                raise OutputError(
+                    f"--out {p} is not empty; refusing to overwrite a previous run",
+                    fix="pass a new --out, --resume to continue an interrupted run there, or --overwrite",
+                )
+            foreign = [n for n in existing if n not in OWN_FILES + OWN_DIRS and not n.startswith(".")]
+            if foreign:
+                raise OutputError(
+                    f"--overwrite: {p} holds files opd-probe did not write ({', '.join(sorted(foreign)[:5])})",
+                    fix="pick an empty or new --out directory; opd-probe only deletes its own files",
+                )
+            for n in existing:
+                target = p / n
+                if n in OWN_DIRS:
+                    shutil.rmtree(target)
+                elif n in OWN_FILES:
+                    target.unlink()
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(p / "config.json", dumps(config_dict))
+        except OSError as e:
+            raise OutputError(f"cannot write to --out {p}: {e.strerror or e}",
+                              fix="pass a writable directory for --out") from e
+
+    # -------------------------------------------------------------- rollouts
+    def append_rollouts(self, rollouts: Iterable[Rollout]) -> None:
+        lines = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rollouts)
+        with open(self.path / "rollouts.jsonl", "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_rollouts(self, samples: int | None = None) -> list[Rollout]:
+        """Rollouts on disk. A torn last line (killed mid-write) is dropped; with ``samples``, so are prompts
+        with fewer than ``samples`` rollouts (they are redone whole on resume)."""
+        path = self.path / "rollouts.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(Rollout.from_dict(json.loads(line)))
+            except (ValueError, KeyError):
+                break
+        if samples is not None:
+            per_prompt: dict[int, int] = {}
+            for r in out:
+                per_prompt[r.prompt_index] = per_prompt.get(r.prompt_index, 0) + 1
+            out = [r for r in out if per_prompt[r.prompt_index] == samples]
+        return sorted(out, key=lambda r: r.rollout_id)
+
+    def rewrite_rollouts(self, rollouts: list[Rollout]) -> None:
+        atomic_write_text(
+            self.path / "rollouts.jsonl",
+            "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rollouts),
+        )
+
+    # -------------------------------------------------------------- score parts
+    def scores_dir(self, slug: str) -> Path:
+        return self.path / "scores" / slug
+
+    def write_score_part(self, slug: str, first: int, last: int, arrays: dict[str, np.ndarray]) -> None:
+        """Save the statistics of rollouts first..last (inclusive, in rollout order) atomically."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v for k, v in arrays.items() if v is not None})
+        atomic_write_bytes(self.scores_dir(slug) / f"part-{first:07d}-{last:07d}.npz", buf.getvalue())
+
+    def read_score_parts(self, slug: str) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+        d = self.scores_dir(slug)
+        if not d.is_dir():
+            return []
+        parts = []
+        for f in sorted(d.glob("part-*.npz")):
+            _, a, b = f.stem.split("-")
+            with np.load(f) as z:
+                parts.append((int(a), int(b), {k: z[k] for k in z.files}))
+        return parts
+
+    # -------------------------------------------------------------- finished results
+    def write_results(self, results: ProbeResults) -> None:
+        atomic_write_text(self.path / "results.json", dumps(results.to_dict()))
+
+    def write_states(self, frame) -> None:
+        import io
+
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        atomic_write_bytes(self.path / "states.parquet", buf.getvalue())
+
+
+def load_results(path: str | Path) -> ProbeResults:
+    """Load a finished run from its out directory (or a results.json path)."""
+    p = Path(path).expanduser()
+    f = p / "results.json" if p.is_dir() else p
+    if not f.exists():
+        hint = " (config.json is there: the run did not finish; continue it with --resume)" if (
+            p.is_dir() and (p / "config.json").exists()) else ""
+        raise InputError(f"no results.json in {p}{hint}", fix="point at the --out directory of a finished run")
+    try:
+        return ProbeResults.from_dict(json.loads(f.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{f} is not a valid opd-probe results file: {e}",
+                         fix="re-run the probe, or point at an intact results.json") from e

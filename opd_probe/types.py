@@ -1,0 +1,189 @@
+"""Frozen dataclasses that cross stage boundaries. Serialised explicitly; no torch import here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProbePrompt:
+    """One probe prompt. Exactly one of ``prompt`` (plain text) or ``messages`` (chat list) is set.
+
+    ``messages`` is a tuple of (role, content) pairs. ``answer`` is the reference answer, when known.
+    ``index`` is the 0-based position in the prompt file; ``id`` is the user's id or ``str(index)``.
+    """
+
+    id: str
+    index: int
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    answer: str | None = None
+
+    def as_messages(self) -> list[dict[str, str]]:
+        if self.messages is not None:
+            return [{"role": r, "content": c} for r, c in self.messages]
+        return [{"role": "user", "content": self.prompt or ""}]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "index": self.index,
+            "prompt": self.prompt,
+            "messages": [list(m) for m in self.messages] if self.messages is not None else None,
+            "answer": self.answer,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbePrompt":
+        msgs = d.get("messages")
+        return cls(
+            id=d["id"],
+            index=d["index"],
+            prompt=d.get("prompt"),
+            messages=tuple((m[0], m[1]) for m in msgs) if msgs is not None else None,
+            answer=d.get("answer"),
+        )
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One student sample for one prompt. ``rollout_id = prompt_index * samples + sample_index``."""
+
+    rollout_id: int
+    prompt_index: int
+    prompt_id: str
+    sample_index: int
+    prompt_token_ids: tuple[int, ...]
+    response_token_ids: tuple[int, ...]
+    response_text: str
+    finish_reason: str  # "stop" | "length"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["prompt_token_ids"] = list(self.prompt_token_ids)
+        d["response_token_ids"] = list(self.response_token_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Rollout":
+        return cls(
+            rollout_id=int(d["rollout_id"]),
+            prompt_index=int(d["prompt_index"]),
+            prompt_id=str(d["prompt_id"]),
+            sample_index=int(d["sample_index"]),
+            prompt_token_ids=tuple(int(x) for x in d["prompt_token_ids"]),
+            response_token_ids=tuple(int(x) for x in d["response_token_ids"]),
+            response_text=d["response_text"],
+            finish_reason=d["finish_reason"],
+        )
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Metrics of one (student, teacher) pair at the student's states."""
+
+    teacher: str  # the teacher argument as given
+    slug: str  # folder name under scores/
+    model: dict[str, Any]  # provenance (backend info)
+    pooled: dict[str, Any]  # metric -> metrics.Estimate
+    depth: tuple[dict[str, Any], ...]  # [{"start", "end", "n_states", "metrics": {metric: Estimate}}]
+    per_prompt: dict[str, dict[str, float | None]]  # prompt id -> metric -> mean (None: no state)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "teacher": self.teacher,
+            "slug": self.slug,
+            "model": self.model,
+            "pooled": {k: v.to_dict() for k, v in self.pooled.items()},
+            "depth": [
+                {**{k: v for k, v in b.items() if k != "metrics"},
+                 "metrics": {m: e.to_dict() for m, e in b["metrics"].items()}}
+                for b in self.depth
+            ],
+            "per_prompt": self.per_prompt,
+            "timings": self.timings,
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PairResult":
+        from .metrics import Estimate
+
+        return cls(
+            teacher=d["teacher"],
+            slug=d["slug"],
+            model=d["model"],
+            pooled={k: Estimate.from_dict(v) for k, v in d["pooled"].items()},
+            depth=tuple(
+                {**{k: v for k, v in b.items() if k != "metrics"},
+                 "metrics": {m: Estimate.from_dict(e) for m, e in b["metrics"].items()}}
+                for b in d["depth"]
+            ),
+            per_prompt=d["per_prompt"],
+            timings=d.get("timings", {}),
+            warnings=tuple(d.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResults:
+    """Everything one `compare` run concluded, with the provenance to reproduce it (results.json)."""
+
+    tool_version: str
+    created_at: str
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    student: dict[str, Any]
+    prompts: dict[str, Any]  # source, sha256, count
+    rollouts: dict[str, Any]  # counts, lengths, finish reasons, throughput
+    pairs: tuple[PairResult, ...]
+    ranking: tuple[str, ...]  # teacher names, best first
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    def pair(self, teacher: str) -> PairResult:
+        for p in self.pairs:
+            if p.teacher == teacher:
+                return p
+        raise KeyError(teacher)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tool_version": self.tool_version,
+            "created_at": self.created_at,
+            "config": self.config,
+            "environment": self.environment,
+            "student": self.student,
+            "prompts": self.prompts,
+            "rollouts": self.rollouts,
+            "pairs": [p.to_dict() for p in self.pairs],
+            "ranking": list(self.ranking),
+            "timings": self.timings,
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeResults":
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported results schema_version {d.get('schema_version')!r}")
+        return cls(
+            schema_version=d["schema_version"],
+            tool_version=d["tool_version"],
+            created_at=d["created_at"],
+            config=d["config"],
+            environment=d["environment"],
+            student=d["student"],
+            prompts=d["prompts"],
+            rollouts=d["rollouts"],
+            pairs=tuple(PairResult.from_dict(p) for p in d["pairs"]),
+            ranking=tuple(d["ranking"]),
+            timings=d.get("timings", {}),
+            warnings=tuple(d.get("warnings", ())),
+        )

@@ -1,0 +1,35 @@
+"""Student/teacher vocabulary agreement (design section 5). Pure: works on token -> id dicts."""
+
+from __future__ import annotations
+
+from .errors import VocabMismatchError
+
+
+def _by_id(vocab: dict[str, int]) -> dict[int, str]:
+    return {i: t for t, i in vocab.items()}
+
+
+def check_vocab(student: dict[str, int], teacher: dict[str, int], teacher_name: str) -> list[str]:
+    """Raise unless the teacher maps every student token to the same id. Returns warnings.
+
+    OPD feeds the student's token ids to the teacher, so the maps must agree on every id the student can
+    emit. A teacher with extra tokens past the student's vocabulary (added special tokens) is allowed, with a
+    warning; output-head padding is not a vocabulary difference (the scorer ignores padding rows).
+    """
+    s, t = _by_id(student), _by_id(teacher)
+    for i in sorted(s):
+        if t.get(i) != s[i]:
+            theirs = repr(t[i]) if i in t else "no token"
+            raise VocabMismatchError(
+                f"student and teacher vocabularies differ at id {i}: student {s[i]!r} vs teacher {theirs} "
+                f"(teacher {teacher_name}; student has {len(s)} tokens, teacher {len(t)})",
+                fix="OPD needs a teacher with the student's tokenizer (the same token -> id map); pick a teacher "
+                "from the student's model family (cross-tokenizer alignment is not supported yet)",
+            )
+    extra = sorted(set(t) - set(s))
+    if extra:
+        return [
+            f"teacher {teacher_name} has {len(extra)} token(s) the student lacks (ids {extra[0]}..{extra[-1]}); "
+            "the student can never emit them, so teacher mass on them counts as disagreement"
+        ]
+    return []
