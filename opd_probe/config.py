@@ -41,7 +41,8 @@ class ProbeConfig:
     overwrite: bool = False
 
     # Fields that may differ between an interrupted run and its --resume without changing any number.
-    RUNTIME_ONLY = ("resume", "overwrite", "device", "batch_size", "score_batch_tokens")
+    # (batch_size is not one: sampling batches are seeded per batch, so it changes the samples.)
+    RUNTIME_ONLY = ("resume", "overwrite", "device", "score_batch_tokens")
 
     def __post_init__(self):
         object.__setattr__(self, "teachers", tuple(self.teachers))

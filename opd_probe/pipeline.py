@@ -108,7 +108,6 @@ def sample_rollouts(student, prompts: list[ProbePrompt], rendered: list[list[int
     done = out.read_rollouts(samples=cfg.samples)
     out.rewrite_rollouts(done)  # drop a torn line or a half-finished prompt before appending
     done_prompts = {r.prompt_index for r in done}
-    todo = [i for i in range(len(prompts)) if i not in done_prompts]
     settings = SamplingSettings(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
     per_call = max(1, cfg.batch_size // cfg.samples)
@@ -118,12 +117,16 @@ def sample_rollouts(student, prompts: list[ProbePrompt], rendered: list[list[int
     # Batches are fixed slices of the prompt list (not of the to-do list) and each is seeded by its first
     # prompt index, so a resumed run samples exactly what the uninterrupted run would have.
     for start in range(0, len(prompts), per_call):
-        batch = [i for i in range(start, min(start + per_call, len(prompts))) if i in todo]
-        if not batch:
+        batch = list(range(start, min(start + per_call, len(prompts))))
+        if not any(i not in done_prompts for i in batch):
             continue
+        # A torn write can leave part of a batch on disk: sample the whole slice again (same seed, same
+        # shapes, same draws) and keep only the missing prompts.
         gens = student.generate([rendered[i] for i in batch], settings, seed=cfg.seed * 1_000_003 + start)
         fresh = []
         for i, g_list in zip(batch, gens):
+            if i in done_prompts:
+                continue
             for j, g in enumerate(g_list):
                 fresh.append(Rollout(
                     rollout_id=i * cfg.samples + j, prompt_index=i, prompt_id=prompts[i].id, sample_index=j,
@@ -267,7 +270,8 @@ def _reuse_inputs(cfg: ProbeConfig, out: OutDir) -> tuple[list[Rollout], dict, d
             shutil.rmtree(dst)
         shutil.copytree(src.scores_dir(STUDENT_SLUG), dst)
     prompts_meta = meta.get("prompts") or {"source": old.get("prompts")}
-    return rollouts, meta.get("student", {"path": cfg.student}), {**prompts_meta, "reused_from": str(src.path)}
+    prompts_meta = {**prompts_meta, "reused_from": str(src.path), "samples_per_prompt": old["samples"]}
+    return rollouts, meta.get("student", {"path": cfg.student}), prompts_meta
 
 
 def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResults:
@@ -376,7 +380,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
     rollout_meta = {
         "count": len(rollouts),
         "prompts": len(prompt_pos),
-        "samples_per_prompt": cfg.samples,
+        "samples_per_prompt": prompts_meta.get("samples_per_prompt", cfg.samples),
         "states": int(lengths.sum()),
         "response_length_mean": float(lengths.mean()),
         "response_length_max": int(lengths.max()),

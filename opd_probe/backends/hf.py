@@ -136,6 +136,7 @@ class HFModel:
                     f"{role} model {path!r} is not a local folder, and the hub is offline (HF_HUB_OFFLINE=1)",
                     fix="download it where there is network (huggingface-cli download) and pass the local folder",
                 )
+            _check_hub_reachable(path, role)
         else:
             path = str(Path(path).expanduser())
         device = resolve_device(spec.device)
@@ -206,9 +207,21 @@ class HFModel:
         with torch.no_grad():
             full = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, :, : self.vocab_size]
             want = torch.log_softmax(full.float(), -1)[4 - 1 : n - 1]
+            # causal: changing the last token must not change any earlier prediction (BERT-like encoders load
+            # through AutoModelForCausalLM too, but attend both ways)
+            alt = ids[:-1] + [(ids[-1] + 1) % self.vocab_size]
+            alt_full = self.model(input_ids=torch.tensor([alt], device=self.device)).logits[0, :, : self.vocab_size]
+            leak = float((torch.log_softmax(alt_full.float(), -1) - torch.log_softmax(full.float(), -1))[: n - 1]
+                         .abs().max())
+        tol = 1e-3 if self.model.dtype == torch.float32 else 0.15
+        if not leak <= (1e-5 if self.model.dtype == torch.float32 else tol):  # causal models: exactly 0 here
+            raise ModelLoadError(
+                f"{self.role} model {self.spec.path!r} ({self.model.config.model_type}) is not a causal language "
+                f"model: its predictions depend on later tokens",
+                fix="pass a decoder-only model (the student and teachers must be causal LMs)",
+            )
         got = self.score([ids[:4]], [ids[4:]], k=4)[0]
         want_top = want.topk(4, -1).values.cpu().numpy()
-        tol = 1e-3 if self.model.dtype == torch.float32 else 0.15
         err = float(np.abs(got.topk_logprobs_LK - want_top).max())
         if not err <= tol:
             raise ModelLoadError(
@@ -369,6 +382,24 @@ class HFModel:
             result.append(whole.slice(start, start + len(r)))
             start += len(r)
         return result
+
+
+def _check_hub_reachable(model_id: str, role: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of download retries, when the hub cannot be reached."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    port = urlparse(endpoint).port or 443
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ModelLoadError(
+            f"{role} model {model_id!r} is not a local folder and the hub ({host}) cannot be reached: {e}",
+            fix="pass a local model folder, or download the model where there is network; on offline machines "
+            "set HF_HUB_OFFLINE=1",
+        ) from e
 
 
 def _first_line(e: Exception) -> str:

@@ -32,11 +32,21 @@ def _ci(e, d: int) -> str:
     return f"{_fmt(e.ci_low, d - 1)}–{_fmt(e.ci_high, d - 1)}"
 
 
+def short_names(names: list[str]) -> dict[str, str]:
+    """Folder names instead of full paths when they are unique (hub ids keep their org/ prefix)."""
+    def short(n: str) -> str:
+        parts = n.rstrip("/").split("/")
+        return "/".join(parts[-2:]) if len(parts) == 2 and not n.startswith((".", "/", "~")) else parts[-1]
+
+    shorts = {n: short(n) for n in names}
+    return shorts if len(set(shorts.values())) == len(shorts) else {n: n for n in names}
+
+
 def ranking_table(results: ProbeResults) -> Table:
     cfg = results.config
     ro = results.rollouts
     title = (
-        f"student {results.student.get('path')} · {ro['prompts']} prompts × {ro['samples_per_prompt']} samples · "
+        f"student {short_names([results.student.get('path', '?')])[results.student.get('path', '?')]} · {ro['prompts']} prompts × {ro['samples_per_prompt']} samples · "
         f"{ro['states']} states · k={cfg['top_k']}"
     )
     table = Table(title=title, caption=f"mean, and below it the {int(cfg['ci_level'] * 100)}% bootstrap CI over prompts; "
@@ -46,13 +56,14 @@ def ranking_table(results: ProbeResults) -> Table:
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
     by_name = {p.teacher: p for p in results.pairs}
+    names = short_names(list(results.ranking))
     for rank, name in enumerate(results.ranking, 1):
         pair = by_name[name]
         cells = []
         for metric, _, d in COLUMNS:
             e = pair.pooled[metric]
             cells.append(f"{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
-        table.add_row(str(rank), name, *cells)
+        table.add_row(str(rank), names[name], *cells)
     return table
 
 
