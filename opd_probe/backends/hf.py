@@ -19,8 +19,10 @@ import torch
 from ..errors import ModelLoadError
 from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
 
-# Output-head bytes one chunk may use (float32 logits plus a few same-sized temporaries), per chunk.
-CHUNK_BYTES = 64 * 2**20
+# Bytes one chunk of output-head work may use: a float32 logits buffer and one same-sized scratch buffer.
+# Large enough that the head matmul stays efficient (SmolLM2: 1365 positions per chunk), and fixed, so peak
+# memory does not grow with sequence length x vocabulary (benchmarks/bench_scorer.py).
+CHUNK_BYTES = 512 * 2**20
 
 
 def _looks_like_local_path(path: str) -> bool:
@@ -68,30 +70,45 @@ class LogitTransform:
         self.divide = getattr(text_cfg, "logits_scaling", None)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Applied in place (the scorer owns the float32 logits buffer)."""
         if self.scale is not None:
-            logits = logits * self.scale
+            logits.mul_(self.scale)
         if self.divide is not None:
-            logits = logits / self.divide
+            logits.div_(self.divide)
         if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
 
 
 def reduce_logits(
-    logits_CV: torch.Tensor, k: int, targets_C: torch.Tensor, query_CQ: torch.Tensor | None
+    logits_CV: torch.Tensor, k: int, targets_C: torch.Tensor, query_CQ: torch.Tensor | None,
+    work_CV: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Reduce one chunk of logits (any float dtype) to per-position statistics, in float32.
+    """Reduce one chunk of float32 logits to per-position statistics. Overwrites ``logits_CV``.
 
     Returns (topk_ids_CK, topk_logprobs_CK, entropy_C, target_logprob_C, query_logprobs_CQ or None).
+    ``work_CV`` is an optional same-shaped scratch buffer (reused across chunks to avoid page faults on CPU).
+    Lean on purpose (benchmarks/bench_scorer.py): one max, one exp, one sum, one product-sum and one top-k pass,
+    with log-softmax values formed only where they are needed: log p(v) = (x_v - max) - log Σ exp(x - max).
     """
-    logp = torch.log_softmax(logits_CV.float(), dim=-1)
-    p = logp.exp()
-    # p * logp is 0 * -inf = nan where a logit is -inf (masked vocab); those terms are 0 by definition.
-    entropy = -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
-    top_lp, top_ids = torch.topk(logp, k, dim=-1)
-    target_lp = logp.gather(-1, targets_C[:, None]).squeeze(-1)
-    query_lp = logp.gather(-1, query_CQ) if query_CQ is not None else None
-    return top_ids, top_lp, entropy, target_lp, query_lp
+    x = logits_CV
+    x.sub_(x.amax(-1, keepdim=True))  # x - max: every exp below is <= 1
+    p = torch.exp(x, out=work_CV) if work_CV is not None else torch.exp(x)  # unnormalised probabilities
+    s = p.sum(-1, keepdim=True)
+    log_s = s.log()
+    top_x, top_ids = torch.topk(x, k, dim=-1)
+    target_lp = x.gather(-1, targets_C[:, None]).squeeze(-1) - log_s.squeeze(-1)
+    query_lp = x.gather(-1, query_CQ) - log_s if query_CQ is not None else None
+    # H = -Σ p̂ log p̂ with p̂ = p/s, log p̂ = x - log s  =>  H = log s - Σ p x / s
+    # (0 * -inf = nan where a logit is -inf: such rows are recomputed below with the 0 log 0 = 0 convention)
+    px = p.mul_(x).sum(-1, keepdim=True)
+    entropy = (log_s - px / s).squeeze(-1)
+    bad = ~torch.isfinite(entropy)
+    if bad.any():
+        xb, lb = x[bad], log_s[bad]
+        pb = torch.exp(xb - lb)
+        entropy[bad] = -torch.where(pb > 0, pb * (xb - lb), torch.zeros((), dtype=pb.dtype, device=pb.device)).sum(-1)
+    return top_ids, top_x - log_s, entropy, target_lp, query_lp
 
 
 class HFModel:
@@ -322,6 +339,20 @@ class HFModel:
         return result
 
     # ------------------------------------------------------------------ scoring
+    def _head_logits(self, hidden_CH: torch.Tensor, out_CV: torch.Tensor) -> torch.Tensor:
+        """float32 logits over the tokenizer's vocabulary (head padding rows are never computed), written into
+        ``out_CV`` when the head is a plain float32 linear layer, with the model's own logit transform."""
+        head = self.model.get_output_embeddings()
+        if isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32 and hidden_CH.dtype == torch.float32:
+            w = head.weight[: self.vocab_size]
+            if head.bias is None:
+                logits = torch.mm(hidden_CH, w.t(), out=out_CV)
+            else:
+                logits = torch.addmm(head.bias[: self.vocab_size], hidden_CH, w.t(), out=out_CV)
+        else:
+            logits = out_CV.copy_(head(hidden_CH)[:, : self.vocab_size])
+        return self.transform(logits)
+
     @torch.no_grad()
     def score(
         self,
@@ -362,15 +393,18 @@ class HFModel:
         if query_ids_LQ is not None:
             query_NQ = torch.from_numpy(np.concatenate([np.asarray(q, dtype=np.int64) for q in query_ids_LQ]))
             query_NQ = query_NQ.to(self.device)
-        head = self.model.get_output_embeddings()
-        chunk = max(1, CHUNK_BYTES // (4 * self.head_size * 3))
+        n = hidden_NH.shape[0]
+        chunk = max(1, min(n, CHUNK_BYTES // (4 * self.vocab_size * 2)))
+        logits_buf = torch.empty((chunk, self.vocab_size), dtype=torch.float32, device=self.device)
+        work_buf = torch.empty_like(logits_buf)
         outs = []
-        for c0 in range(0, hidden_NH.shape[0], chunk):
-            c1 = min(c0 + chunk, hidden_NH.shape[0])
-            logits = self.transform(head(hidden_NH[c0:c1]))[:, : self.vocab_size]
+        for c0 in range(0, n, chunk):
+            c1 = min(c0 + chunk, n)
+            logits = self._head_logits(hidden_NH[c0:c1], logits_buf[: c1 - c0])
             q = query_NQ[c0:c1] if query_NQ is not None else None
-            outs.append([t.cpu() if t is not None else None for t in reduce_logits(logits, k, targets_N[c0:c1], q)])
-            del logits
+            red = reduce_logits(logits, k, targets_N[c0:c1], q, work_CV=work_buf[: c1 - c0])
+            outs.append([t.cpu() if t is not None else None for t in red])
+        del logits_buf, work_buf
         top_ids = torch.cat([o[0] for o in outs]).numpy().astype(np.int32)
         top_lp = torch.cat([o[1] for o in outs]).numpy().astype(np.float32)
         ent = torch.cat([o[2] for o in outs]).numpy().astype(np.float32)
