@@ -137,6 +137,83 @@ def report(
 
 
 @app.command()
+def verify(
+    student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
+    teacher: str = typer.Argument(..., help="Teacher model (same tokenizer as the student)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Training prompts (.jsonl/.csv/.parquet)."),
+    eval_prompts: Optional[Path] = typer.Option(None, "--eval-prompts",
+                                                help="Held-out prompts with 'answer' for accuracy before/during/after."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (verify.json, steps.parquet)."),
+    steps: int = typer.Option(50, help="OPD steps."),
+    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
+    batch_prompts: int = typer.Option(4, "--batch-prompts", help="Prompts per step."),
+    samples: int = typer.Option(4, "--samples", "-n", help="Student samples per prompt per step."),
+    top_k: int = typer.Option(16, "--top-k", "-k", help="k of the student top-k support of the loss."),
+    loss: str = typer.Option("topk", help="topk (the paper's reference trainer) or sampled (single-sample k1)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest response, in tokens."),
+    eval_every: int = typer.Option(10, "--eval-every", help="Held-out accuracy every N steps."),
+    eval_samples: int = typer.Option(1, "--eval-samples", help="Samples per eval prompt."),
+    eval_temperature: float = typer.Option(0.0, "--eval-temperature", help="0 = greedy (deterministic)."),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup steps (0 = constant lr)."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip."),
+    cold_start: int = typer.Option(0, "--cold-start",
+                                   help="SFT the student on N teacher rollouts before OPD (0 = off)."),
+    cold_start_epochs: int = typer.Option(1, "--cold-start-epochs", help="Epochs over the cold-start rollouts."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N training prompts."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval prompts."),
+    seed: int = typer.Option(0, help="Seed for sampling and prompt order."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed prompts as plain text."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos to run code."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Save the trained student here (HF folder)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
+    gate: bool = typer.Option(False, "--gate", help="Exit 1 when the success criteria fail."),
+    print_recipe: Optional[str] = typer.Option(None, "--print-recipe",
+                                               help="Print equivalent verl or trl settings and exit."),
+    json_out: bool = typer.Option(False, "--json", help="Print verify.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+):
+    """Run a short real OPD (student samples, teacher scores, top-k reverse-KL updates) and check the outcome."""
+    from .errors import InputError
+    from .verify import VerifyConfig
+
+    if prompts is None:
+        raise InputError("verify needs training prompts", fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
+    cfg = VerifyConfig(
+        student=student, teacher=teacher, out=str(out) if out else "", prompts=str(prompts),
+        eval_prompts=str(eval_prompts) if eval_prompts else None, limit=limit, eval_limit=eval_limit, steps=steps,
+        lr=lr, warmup_steps=warmup_steps, grad_clip=grad_clip, batch_prompts=batch_prompts, samples=samples,
+        top_k=top_k, loss=loss, max_new_tokens=max_new_tokens, eval_every=eval_every, eval_samples=eval_samples,
+        eval_temperature=eval_temperature, cold_start=cold_start, cold_start_epochs=cold_start_epochs, seed=seed,
+        chat_template=not no_chat_template, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+        save=str(save) if save else None, overwrite=overwrite,
+    )
+    if print_recipe is not None:
+        from .recipe import ENGINES, recipe
+
+        if print_recipe not in ENGINES:
+            raise InputError(f"unknown --print-recipe engine {print_recipe!r}", fix=f"use one of: {', '.join(ENGINES)}")
+        sys.stdout.write(recipe(print_recipe, cfg))
+        return EXIT_OK
+    if out is None:
+        raise InputError("verify needs an output directory", fix="pass --out DIR")
+    from .report.console import RichProgress, print_verify
+    from .report.io import dumps
+    from .verify import run_verify
+
+    stdout, stderr = _consoles()
+    with RichProgress(stderr, enabled=not quiet) as progress:
+        result = run_verify(cfg, progress=progress)
+    if json_out:
+        sys.stdout.write(dumps(result.to_dict()) + "\n")
+    else:
+        print_verify(result, stdout)
+        stderr.print(f"[dim]wrote {cfg.out}/verify.json, steps.parquet[/dim]")
+    return EXIT_GATE if gate and not result.criteria["passed"] else EXIT_OK
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output directory."),
     cache: Optional[Path] = typer.Option(None, help="Where the demo models are built (default $OPD_PROBE_CACHE or ~/.cache/opd-probe)."),

@@ -398,7 +398,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
         student=student_info, prompts=prompts_meta, rollouts=rollout_meta, pairs=tuple(pairs), ranking=ranking,
         timings=timings, warnings=tuple(warnings),
     )
-    out.write_states(pd.concat(frames, ignore_index=True))
+    out.write_parquet("states.parquet", pd.concat(frames, ignore_index=True))
     out.write_results(results)
     return results
 

@@ -58,3 +58,18 @@ def test_self_pair_is_exact_and_a_deeper_teacher_is_closer(smollm2, tmp_path):
     assert l24["top1_agreement"].mean > l8["top1_agreement"].mean
     assert l24["overlap_ratio"].mean < 1.0
     assert res.ranking == teachers
+
+
+def test_verify_runs_on_smollm2(smollm2, tmp_path):
+    """A short real OPD on a real architecture (tied embeddings): SmolLM2 cut to 24 layers <- full SmolLM2."""
+    from opd_probe.verify import VerifyConfig, run_verify
+
+    cfg = VerifyConfig(student=str(smollm2(24)), teacher=str(smollm2()), out=str(tmp_path / "v"),
+                       prompts="sample_prompts/tiny.jsonl", steps=3, batch_prompts=1, samples=2, max_new_tokens=16,
+                       lr=1e-5, device="cpu", dtype="float32")
+    res = run_verify(cfg)
+    opd = [r for r in res.steps if r["phase"] == "opd"]
+    assert len(opd) == 3
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in opd)
+    assert 0 < res.step0["overlap_ratio"] < 1
+    assert (tmp_path / "v" / "verify.json").exists()

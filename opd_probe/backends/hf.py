@@ -69,6 +69,16 @@ class LogitTransform:
         self.scale = getattr(text_cfg, "logit_scale", None)
         self.divide = getattr(text_cfg, "logits_scaling", None)
 
+    def functional(self, logits: torch.Tensor) -> torch.Tensor:
+        """Out of place, for autograd (verify's training forward)."""
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.divide is not None:
+            logits = logits / self.divide
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Applied in place (the scorer owns the float32 logits buffer)."""
         if self.scale is not None:
@@ -353,26 +363,19 @@ class HFModel:
             logits = out_CV.copy_(head(hidden_CH)[:, : self.vocab_size])
         return self.transform(logits)
 
-    @torch.no_grad()
-    def score(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        response_ids: Sequence[Sequence[int]],
-        k: int,
-        query_ids_LQ: Sequence[np.ndarray] | None = None,
-    ) -> list[ScoreArrays]:
-        """Score the response positions of a batch of (prompt, response) sequences in one decoder pass.
+    def response_hidden(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder pass over right-padded (prompt + response) sequences.
 
-        Sequences are right-padded: with causal attention, padding after a sequence cannot change its
-        positions, and only positions that predict real response tokens are gathered, so no padded position
-        is ever scored. ``query_ids_LQ[i]`` (int array, (len(response_ids[i]), Q)) asks for the log-probs of
-        given ids at each position (the teacher is queried at the student's top-k ids).
+        Returns (hidden_NH, targets_N): the final hidden states at the positions that predict each response
+        token (all sequences concatenated, in order) and those tokens. With causal attention, padding after a
+        sequence cannot change its positions, and only positions that predict real response tokens are
+        gathered, so no padded position is ever scored. Differentiable when called with grad enabled.
         """
         B = len(prompt_ids)
-        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-        T = max(lengths)
-        pad = self.pad_id()
-        ids = torch.full((B, T), pad, dtype=torch.long)
+        T = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+        ids = torch.full((B, T), self.pad_id(), dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.long)
         rows, cols, targets = [], [], []
         for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
@@ -387,8 +390,31 @@ class HFModel:
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
         ).last_hidden_state
         hidden_NH = hidden_BTH[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
-        del hidden_BTH
-        targets_N = torch.tensor(targets, dtype=torch.long, device=self.device)
+        return hidden_NH, torch.tensor(targets, dtype=torch.long, device=self.device)
+
+    def response_logprobs(
+        self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-vocabulary float32 log-probs (N, V) at every response position, differentiable (verify's
+        training forward; it holds N x V, so keep verification batches small). Returns (logp_NV, targets_N)."""
+        hidden_NH, targets_N = self.response_hidden(prompt_ids, response_ids)
+        logits = self.model.get_output_embeddings()(hidden_NH)[:, : self.vocab_size].float()
+        return torch.log_softmax(self.transform.functional(logits), dim=-1), targets_N
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        k: int,
+        query_ids_LQ: Sequence[np.ndarray] | None = None,
+    ) -> list[ScoreArrays]:
+        """Score the response positions of a batch of (prompt, response) sequences in one decoder pass.
+
+        See ``response_hidden`` for how padding is kept out. ``query_ids_LQ[i]`` (int array, (len(response_ids[i]), Q)) asks for the log-probs of
+        given ids at each position (the teacher is queried at the student's top-k ids).
+        """
+        hidden_NH, targets_N = self.response_hidden(prompt_ids, response_ids)
         query_NQ = None
         if query_ids_LQ is not None:
             query_NQ = torch.from_numpy(np.concatenate([np.asarray(q, dtype=np.int64) for q in query_ids_LQ]))

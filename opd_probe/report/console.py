@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -76,6 +77,35 @@ def print_results(results: ProbeResults, stdout: Console, stderr: Console) -> No
             stderr.print(f"[yellow]warning ({p.teacher}):[/yellow] {w}")
 
 
+def print_verify(result, stdout: Console) -> None:
+    """Outcome of a verify run: step-0 probe metrics, criteria, accuracy, and the observed outcome."""
+    c = result.criteria
+    t = Table(title=f"verify: {result.config['student']} <- {result.config['teacher']} "
+                    f"({result.config['steps']} OPD steps, loss={result.config['loss']})", header_style="bold")
+    t.add_column("criterion")
+    t.add_column("first steps", justify="right")
+    t.add_column("last steps", justify="right")
+    t.add_column("result")
+    ok = lambda b: "[green]pass[/green]" if b else "[red]fail[/red]"  # noqa: E731
+    t.add_row("overlap ratio rises", f"{c['overlap_first']:.3f}", f"{c['overlap_last']:.3f}", ok(c["overlap_rises"]))
+    t.add_row("top-k reverse KL falls", f"{c['kl_first']:.3f}", f"{c['kl_last']:.3f}", ok(c["kl_falls"]))
+    if "accuracy" in c:
+        t.add_row("held-out accuracy (noise ±%.3f)" % c["accuracy_noise"], f"{c['accuracy_start']:.3f}",
+                  f"{c['accuracy_end']:.3f}", {"improves": "[green]improves[/green]", "flat": "flat",
+                                                "drops": "[red]drops[/red]"}[c["accuracy"]])
+    stdout.print(t)
+    s0 = result.step0
+    stdout.print(f"probe at step 0 (first batch, before any update): overlap {s0['overlap_ratio']:.3f}, mass "
+                 f"{s0['overlap_mass_student']:.3f}, entropy gap {s0['entropy_gap']:.3f}, top-k KL "
+                 f"{s0['topk_reverse_kl']:.3f}, grad norm {s0['grad_norm']:.3g}")
+    if result.teacher_accuracy:
+        gr = result.gap_recovery
+        stdout.print(f"teacher accuracy {result.teacher_accuracy['accuracy']:.3f}; gap recovery "
+                     f"{'–' if gr is None else f'{gr:.2f}'}")
+    verdict = "[green]PASSED[/green]" if c["passed"] else "[red]FAILED[/red]"
+    stdout.print(f"observed outcome: [bold]{result.outcome}[/bold]; success criteria {verdict}")
+
+
 class RichProgress:
     """pipeline.Progress on stderr: one bar per stage, log lines above it."""
 
@@ -104,6 +134,10 @@ class RichProgress:
         if self._task is not None:
             self._bar.advance(self._task, n)
 
+    def status(self, text: str) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, description=text)
+
     def log(self, message: str) -> None:
         if self.enabled:
-            self._bar.console.print(f"[dim]{message}[/dim]")
+            self._bar.console.print(f"[dim]{escape(message)}[/dim]")

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import InputError, OutputError
 from ..types import ProbeResults, Rollout
 
-OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html")
+OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html",
+             "verify.json", "steps.parquet")
 OWN_DIRS = ("scores",)
 
 
@@ -177,12 +178,12 @@ class OutDir:
     def write_results(self, results: ProbeResults) -> None:
         atomic_write_text(self.path / "results.json", dumps(results.to_dict()))
 
-    def write_states(self, frame) -> None:
+    def write_parquet(self, name: str, frame) -> None:
         import io
 
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
-        atomic_write_bytes(self.path / "states.parquet", buf.getvalue())
+        atomic_write_bytes(self.path / name, buf.getvalue())
 
 
 def load_results(path: str | Path) -> ProbeResults:
