@@ -59,6 +59,7 @@ def _root(
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
     teachers: List[str] = typer.Argument(..., help="One or more candidate teachers (same tokenizer as the student)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", "-p",
@@ -87,35 +88,147 @@ def compare(
                                          help="Score the teachers on the rollouts of this earlier run (no resampling)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
+    continuation_depths: Optional[str] = typer.Option(
+        None, "--continuation-depths",
+        help="Comma-separated depths, e.g. 0,256: the teacher continues the student's rollouts cut there and its "
+             "answer accuracy is compared with the student's (needs 'answer' in the prompts; 0 = from the prompt)."),
+    grad_norm: bool = typer.Option(False, "--grad-norm",
+                                   help="Step-0 gradient norm of the OPD loss (one student backward pass per teacher)."),
+    gate: bool = typer.Option(False, "--gate", help="Exit 1 if any teacher's verdict is NO-GO."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on CAUTION too (implies --gate)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on",
+                                          help="Statuses that trip the gate, e.g. no-go,caution (implies --gate)."),
+    exit_zero: bool = typer.Option(False, "--exit-zero",
+                                   help="Report the gate but exit 0 even when it trips (errors still exit 2)."),
+    summary_md: Optional[Path] = typer.Option(None, "--summary-md",
+                                              help="Also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+    config: Optional[Path] = typer.Option(None, "--config",
+                                          help="TOML settings file (default: [tool.opd-probe] in ./pyproject.toml)."),
+    threshold: Optional[List[str]] = typer.Option(None, "--threshold",
+                                                  help="Override a verdict threshold: NAME=VALUE (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Probe STUDENT against every TEACHER on the student's own rollouts and rank the teachers."""
-    cfg = ProbeConfig(
+    """Probe STUDENT against every TEACHER on the student's own rollouts, give each a verdict, rank them."""
+    from .thresholds import load_thresholds, read_config_file
+
+    values = dict(
         student=student, teachers=tuple(teachers), out=str(out), prompts=str(prompts) if prompts else None,
         limit=limit, samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
         seed=seed, batch_size=batch_size, score_batch_tokens=score_batch_tokens, top_k=top_k,
         depth_bucket=depth_bucket, chat_template=not no_chat_template, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, reuse=str(reuse) if reuse else None, resume=resume,
-        overwrite=overwrite,
+        overwrite=overwrite, continuation_depths=_int_list(continuation_depths, "--continuation-depths"),
+        grad_norm=grad_norm,
     )
-    return _run_and_print(cfg, json_out=json_out, quiet=quiet)
+    table, source = read_config_file(str(config) if config else None)
+    file_thresholds, file_fail_on = _apply_config_file(ctx, values, table, source)
+    cfg = ProbeConfig(**values)
+    thresholds = load_thresholds(file_thresholds, threshold)
+    statuses = _fail_on(fail_on, strict, gate, file_fail_on)
+    return _run_and_print(cfg, json_out=json_out, quiet=quiet, thresholds=thresholds, fail_on=statuses,
+                          exit_zero=exit_zero, summary_md=summary_md)
 
 
-def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool) -> int:
+# flag name -> ProbeConfig field, where they differ
+_FLAG_FIELD = {"no_chat_template": "chat_template"}
+_FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level", "backend")
+
+
+def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tuple[dict, list | None]:
+    """Settings from the config file fill in whatever was not given on the command line."""
+    from click.core import ParameterSource
+
+    from .config import ProbeConfig as _PC
+    from .errors import InputError
+
+    fields = set(_PC.__dataclass_fields__)
+    settable = fields - {"student", "teachers", "out", "reuse", "resume", "overwrite"}
+    unknown = sorted(k for k in table if k not in settable and k not in _FILE_ONLY)
+    if unknown:
+        raise InputError(f"{source}: unknown opd-probe config key(s): {', '.join(unknown)}",
+                         fix=f"allowed keys: {', '.join(sorted(settable | set(_FILE_ONLY)))}")
+    explicit = {_FLAG_FIELD.get(name, name) for name in ctx.params
+                if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    for key, val in table.items():
+        if key in ("thresholds", "fail_on"):
+            continue
+        if key not in explicit:
+            values[key] = tuple(val) if key == "continuation_depths" else val
+    bad = [k for k, v in table.items() if k not in ("thresholds", "fail_on", "continuation_depths")
+           and not isinstance(v, (int, float, str, bool))]
+    if bad:
+        raise InputError(f"{source}: config key(s) {', '.join(bad)} must be plain values",
+                         fix="see docs/ci.md for an example config")
+    th = table.get("thresholds")
+    if th is not None and not isinstance(th, dict):
+        raise InputError(f"{source}: 'thresholds' must be a table", fix="write [tool.opd-probe.thresholds]")
+    fo = table.get("fail_on")
+    return th or {}, ([fo] if isinstance(fo, str) else list(fo)) if fo is not None else None
+
+
+def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
+    from .errors import InputError
+
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None
+
+
+def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | None) -> tuple[str, ...]:
+    """Statuses that trip the gate; empty = no gate."""
+    from .errors import InputError
+    from .verdict import STATUSES
+
+    if fail_on is not None:
+        chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
+    elif strict:
+        chosen = ["no-go", "caution"]
+    elif gate:
+        chosen = list(from_file) if from_file else ["no-go"]
+    else:
+        chosen = []
+    bad = [s for s in chosen if s not in STATUSES or s == "go"]
+    if bad:
+        raise InputError(f"--fail-on: unknown status {', '.join(bad)}", fix="use no-go and/or caution")
+    return tuple(chosen)
+
+
+def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),
+                   exit_zero: bool = False, summary_md: Path | None = None) -> int:
     from .pipeline import run_probe
     from .report.console import RichProgress, print_results
-    from .report.io import dumps
+    from .report.io import atomic_write_text, dumps
+    from .report.markdown import summary_markdown
 
     stdout, stderr = _consoles()
     with RichProgress(stderr, enabled=not quiet) as progress:
-        results = run_probe(cfg, progress=progress)
+        results = run_probe(cfg, progress=progress, thresholds=thresholds, fail_on=fail_on)
+    gate = results.gate
+    tripped = gate["tripped_by"] if gate else []
+    md = summary_markdown(results)
+    atomic_write_text(Path(cfg.out) / "summary.md", md)
+    if summary_md is not None:
+        try:  # append: $GITHUB_STEP_SUMMARY collects several steps
+            with open(summary_md, "a", encoding="utf-8") as f:
+                f.write(md)
+        except OSError as e:
+            from .errors import OutputError
+
+            raise OutputError(f"--summary-md {summary_md}: {e.strerror or e}", fix="pass a writable file path") from e
     if json_out:
         sys.stdout.write(dumps(results.to_dict()) + "\n")
     else:
         print_results(results, stdout, stderr)
-        stderr.print(f"[dim]wrote {cfg.out}/results.json, states.parquet, rollouts.jsonl[/dim]")
-    return EXIT_OK
+        if gate is not None:
+            msg = ("[green]gate passed[/green]" if gate["passed"] else
+                   f"[red]gate tripped[/red] by {', '.join(tripped)} (fails on {', '.join(fail_on)})")
+            stderr.print(msg + (" (--exit-zero: exiting 0)" if tripped and exit_zero else ""))
+        stderr.print(f"[dim]wrote {cfg.out}/results.json, summary.md, states.parquet, rollouts.jsonl[/dim]")
+    return EXIT_GATE if tripped and not exit_zero else EXIT_OK
 
 
 @app.command()

@@ -39,6 +39,8 @@ class ProbeConfig:
     reuse: str | None = None
     resume: bool = False
     overwrite: bool = False
+    continuation_depths: tuple[int, ...] = ()  # teacher continues the student's prefixes cut here (needs answers)
+    grad_norm: bool = False  # step-0 gradient norm of the OPD loss (one student backward pass per teacher)
 
     # Fields that may differ between an interrupted run and its --resume without changing any number.
     # (batch_size is not one: sampling batches are seeded per batch, so it changes the samples.)
@@ -46,6 +48,7 @@ class ProbeConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "teachers", tuple(self.teachers))
+        object.__setattr__(self, "continuation_depths", tuple(int(d) for d in self.continuation_depths))
         checks = [
             (self.samples >= 1, "--samples must be at least 1"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
@@ -59,6 +62,7 @@ class ProbeConfig:
             (self.n_boot >= 10, "n_boot must be at least 10"),
             (0 < self.ci_level < 1, "ci_level must be in (0, 1)"),
             (len(self.teachers) >= 1, "give at least one teacher"),
+            (all(d >= 0 for d in self.continuation_depths), "--continuation-depths must be >= 0"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             (not (self.resume and self.reuse), "--resume and --reuse exclude each other"),
         ]
@@ -69,6 +73,7 @@ class ProbeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["teachers"] = list(self.teachers)
+        d["continuation_depths"] = list(self.continuation_depths)
         return d
 
     @classmethod

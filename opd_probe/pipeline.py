@@ -14,20 +14,23 @@ import platform
 import re
 import shutil
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from . import __version__, metrics
+from . import __version__, metrics, novelty
 from .backends import load_backend_model
 from .backends.base import ModelSpec, SamplingSettings, ScoreArrays
 from .config import ProbeConfig
 from .errors import InputError, ModelLoadError
 from .prompts import load_prompts
 from .report.io import OutDir
-from .types import PairResult, ProbeResults, ProbePrompt, Rollout
+from .thresholds import Thresholds
+from .types import PairResult, ProbePrompt, ProbeResults, Rollout
+from .verdict import decide, rank_key
 from .vocab import check_vocab
 
 STUDENT_SLUG = "student"
@@ -274,9 +277,14 @@ def _reuse_inputs(cfg: ProbeConfig, out: OutDir) -> tuple[list[Rollout], dict, d
     return rollouts, meta.get("student", {"path": cfg.student}), prompts_meta
 
 
-def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResults:
-    """Run the probe end to end and write the out directory. Raises ProbeError subclasses on bad input."""
+def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Thresholds | None = None,
+              fail_on: Sequence[str] = ()) -> ProbeResults:
+    """Run the probe end to end and write the out directory. Raises ProbeError subclasses on bad input.
+
+    ``fail_on``: verdict statuses that trip the gate (empty: no gate); the outcome is in ``results.gate``.
+    """
     progress = progress or NullProgress()
+    thresholds = thresholds or Thresholds()
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if cfg.reuse is None:
@@ -291,6 +299,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
 
     if cfg.reuse is not None:
         rollouts, student_info, prompts_meta = _reuse_inputs(cfg, out)
+        answers = _reused_answers(cfg.reuse)
         from transformers import AutoTokenizer
 
         try:
@@ -314,7 +323,12 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
         sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
         student_info, student_vocab = student.info, student.vocab()
         prompts_meta = {"source": cfg.prompts, "sha256": file_sha256(cfg.prompts), "count": len(prompts)}
+        answers = {p.index: p.answer for p in prompts if p.answer is not None}
         _free(student)
+    if cfg.continuation_depths and not answers:
+        raise InputError("--continuation-depths needs prompts with reference answers ('answer' field)",
+                         fix="add answers to the prompt file, or drop --continuation-depths")
+    correct = novelty.student_correct(rollouts, answers) if answers else None
 
     lengths = np.array([len(r.response_token_ids) for r in rollouts])
     prompt_pos = {r.prompt_index for r in rollouts}
@@ -330,6 +344,8 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
 
     pairs: list[PairResult] = []
     frames = []
+    teacher_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    template_differs: dict[str, bool] = {}
     for ti, name in enumerate(cfg.teachers):
         slug = teacher_slug(ti, name)
         progress.log(f"loading teacher {name}")
@@ -339,13 +355,17 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
         pair_warnings = check_vocab(student_vocab, teacher.vocab(), name)
         check_top_k(teacher, cfg.top_k, "teacher")
         check_teacher_context(teacher, rollouts, name)
-        if teacher.info.get("chat_template_hash") != student_info.get("chat_template_hash"):
-            pair_warnings.append(
-                "the teacher's chat template differs from the student's; the teacher scores the prompt as the "
-                "student's template renders it (as OPD trainers do)"
-            )
         t_scores, t_timing = score_rollouts(teacher, rollouts, cfg.top_k, slug, out, cfg, progress,
                                             query=student_query)
+        pair_novelty: dict = {}
+        if cfg.continuation_depths:
+            progress.log(f"continuation gain of {name} at depths {list(cfg.continuation_depths)}")
+            t0 = time.perf_counter()
+            pair_novelty["continuation"] = novelty.continuation_gain(
+                teacher, rollouts, correct, answers, cfg.continuation_depths, cfg.max_new_tokens, seed=cfg.seed)
+            t_timing["continuation_seconds"] = time.perf_counter() - t0
+        teacher_arrays[name] = (t_scores.topk_ids_LK, t_scores.query_logprobs_LQ)
+        template_differs[name] = teacher.info.get("chat_template_hash") != student_info.get("chat_template_hash")
         info = teacher.info
         _free(teacher)
         states = metrics.per_state_metrics(
@@ -363,6 +383,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
         pairs.append(PairResult(
             teacher=name, slug=slug, model=info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
             per_prompt=per_prompt, timings={"load_seconds": load_s, **t_timing}, warnings=tuple(pair_warnings),
+            novelty=pair_novelty,
         ))
         frame = pd.DataFrame({
             "teacher": name,
@@ -374,8 +395,12 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
         })
         frames.append(frame)
 
-    ranking = tuple(p.teacher for p in sorted(
-        pairs, key=lambda p: (-_nz(p.pooled["overlap_ratio"].mean), -_nz(p.pooled["overlap_mass_student"].mean))))
+    if cfg.grad_norm:
+        pairs = _with_grad_norms(cfg, pairs, rollouts, student_scores, teacher_arrays, progress)
+    dist = novelty.distinguishability(student_scores.topk_ids_LK, teacher_arrays) if len(teacher_arrays) > 1 else None
+    pairs = _with_verdicts(pairs, thresholds, dist, template_differs)
+    ranking = tuple(p.teacher for p in sorted(pairs, key=lambda p: rank_key(
+        p.verdict["status"], _means(p), p.novelty.get("continuation"))))
     finish = [r.finish_reason for r in rollouts]
     rollout_meta = {
         "count": len(rollouts),
@@ -385,6 +410,8 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
         "response_length_mean": float(lengths.mean()),
         "response_length_max": int(lengths.max()),
         "finish_reasons": {k: finish.count(k) for k in sorted(set(finish))},
+        "with_answers": int(np.isfinite(correct).sum()) if correct is not None else 0,
+        "student_accuracy": float(np.nanmean(correct)) if correct is not None else None,
         **sample_timing,
     }
     if rollout_meta["finish_reasons"].get("length", 0) > 0.5 * len(rollouts):
@@ -396,12 +423,65 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult
     results = ProbeResults(
         tool_version=__version__, created_at=created_at, config=cfg.to_dict(), environment=environment(),
         student=student_info, prompts=prompts_meta, rollouts=rollout_meta, pairs=tuple(pairs), ranking=ranking,
-        timings=timings, warnings=tuple(warnings),
+        timings=timings, warnings=tuple(warnings), thresholds=thresholds.to_dict(), distinguishability=dist,
+        gate=gate_outcome(pairs, fail_on),
     )
     out.write_parquet("states.parquet", pd.concat(frames, ignore_index=True))
     out.write_results(results)
     return results
 
 
-def _nz(x: float) -> float:
-    return -1e9 if x != x else x
+def gate_outcome(pairs: Sequence[PairResult], fail_on: Sequence[str]) -> dict | None:
+    """Every gated pair must pass: the gate trips when any teacher's status is in ``fail_on``."""
+    if not fail_on:
+        return None
+    tripped = [p.teacher for p in pairs if p.verdict["status"] in fail_on]
+    return {"fail_on": list(fail_on), "passed": not tripped, "tripped_by": tripped}
+
+
+def _means(pair: PairResult) -> dict[str, float]:
+    return {m: e.mean for m, e in pair.pooled.items()}
+
+
+def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
+                   template_differs: dict[str, bool]) -> list[PairResult]:
+    """Attach a verdict to every pair. The weak-signal rule compares each teacher's step-0 KL with the strongest
+    candidate that has no pattern mismatch, so compatibility is judged first."""
+    same = novelty.indistinguishable_pairs(dist, th.indistinguishable_overlap, th.indistinguishable_kl) if dist else {}
+    compatible = [p for p in pairs
+                  if not any(r.code == "pattern-mismatch" for r in decide(p.teacher, _means(p), th).reasons)]
+    strongest = max((p.pooled["topk_reverse_kl"].mean for p in compatible), default=None) if len(pairs) > 1 else None
+    out = []
+    for p in pairs:
+        depth = [(b["start"], b["n_states"], b["metrics"]["overlap_ratio"].mean) for b in p.depth]
+        v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
+                   continuation=p.novelty.get("continuation"), indistinguishable_from=same.get(p.teacher),
+                   template_differs=template_differs.get(p.teacher, False))
+        out.append(replace(p, verdict=v.to_dict()))
+    return out
+
+
+def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[Rollout], student_scores: ScoreArrays,
+                     teacher_arrays: dict, progress: Progress) -> list[PairResult]:
+    """Step-0 gradient norm of the OPD top-k loss per teacher: one student backward pass each (opt-in)."""
+    progress.log("step-0 gradient norms: loading the student for backward passes")
+    student = load_backend_model(cfg.backend, _spec(cfg.student, cfg), role="student")
+    progress.stage("step-0 gradient norms", len(pairs))
+    out = []
+    for p in pairs:
+        t0 = time.perf_counter()
+        norm = novelty.step0_grad_norm(student, rollouts, student_scores.topk_ids_LK, teacher_arrays[p.teacher][1],
+                                       batch_tokens=cfg.score_batch_tokens)
+        out.append(replace(p, novelty={**p.novelty, "grad_norm": norm},
+                           timings={**p.timings, "grad_norm_seconds": time.perf_counter() - t0}))
+        progress.advance(1)
+    _free(student)
+    return out
+
+
+def _reused_answers(reuse_dir: str) -> dict[int, str]:
+    """Reference answers of a reused run's prompts, when its prompt file is still there."""
+    old = json.loads((Path(reuse_dir) / "config.json").read_text())
+    if not old.get("prompts") or not Path(old["prompts"]).exists():
+        return {}
+    return {p.index: p.answer for p in load_prompts(old["prompts"], limit=old.get("limit")) if p.answer is not None}

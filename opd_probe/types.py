@@ -93,6 +93,8 @@ class PairResult:
     per_prompt: dict[str, dict[str, float | None]]  # prompt id -> metric -> mean (None: no state)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    verdict: dict[str, Any] | None = None  # verdict.Verdict.to_dict()
+    novelty: dict[str, Any] = field(default_factory=dict)  # continuation gains, step-0 grad norm
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,8 @@ class PairResult:
             "per_prompt": self.per_prompt,
             "timings": self.timings,
             "warnings": list(self.warnings),
+            "verdict": self.verdict,
+            "novelty": self.novelty,
         }
 
     @classmethod
@@ -127,6 +131,8 @@ class PairResult:
             per_prompt=d["per_prompt"],
             timings=d.get("timings", {}),
             warnings=tuple(d.get("warnings", ())),
+            verdict=d.get("verdict"),
+            novelty=d.get("novelty", {}),
         )
 
 
@@ -145,6 +151,9 @@ class ProbeResults:
     ranking: tuple[str, ...]  # teacher names, best first
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    thresholds: dict[str, Any] = field(default_factory=dict)  # the values that decided the verdicts
+    distinguishability: dict[str, Any] | None = None  # teacher x teacher overlap and KL at student states
+    gate: dict[str, Any] | None = None  # {"fail_on", "passed", "tripped_by"} when a gate was asked for
     schema_version: int = SCHEMA_VERSION
 
     def pair(self, teacher: str) -> PairResult:
@@ -167,6 +176,9 @@ class ProbeResults:
             "ranking": list(self.ranking),
             "timings": self.timings,
             "warnings": list(self.warnings),
+            "thresholds": self.thresholds,
+            "distinguishability": self.distinguishability,
+            "gate": self.gate,
         }
 
     @classmethod
@@ -186,4 +198,7 @@ class ProbeResults:
             ranking=tuple(d["ranking"]),
             timings=d.get("timings", {}),
             warnings=tuple(d.get("warnings", ())),
+            thresholds=d.get("thresholds", {}),
+            distinguishability=d.get("distinguishability"),
+            gate=d.get("gate"),
         )

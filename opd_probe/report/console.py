@@ -25,6 +25,11 @@ COLUMNS = [
 ]
 
 
+_STATUS = {"go": ("GO", "bold green"), "caution": ("CAUTION", "bold yellow"), "no-go": ("NO-GO", "bold red")}
+STATUS_STYLE = {k: f"[{style}]{label}[/]" for k, (label, style) in _STATUS.items()}
+STATUS_PADDED = {k: f"[{style}]{label:<8}[/]" for k, (label, style) in _STATUS.items()}
+
+
 def _fmt(x: float, d: int) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
@@ -51,9 +56,10 @@ def ranking_table(results: ProbeResults) -> Table:
         f"{ro['states']} states · k={cfg['top_k']}"
     )
     table = Table(title=title, caption=f"mean, and below it the {int(cfg['ci_level'] * 100)}% bootstrap CI over prompts; "
-                  "KL and entropy in nats/token; ranked by overlap ratio", header_style="bold")
+                  "KL and entropy in nats/token; ranked by verdict, then novelty evidence, then overlap mass", header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("teacher", overflow="fold", min_width=12)
+    table.add_column("verdict")
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
     by_name = {p.teacher: p for p in results.pairs}
@@ -64,12 +70,47 @@ def ranking_table(results: ProbeResults) -> Table:
         for metric, _, d in COLUMNS:
             e = pair.pooled[metric]
             cells.append(f"{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
-        table.add_row(str(rank), names[name], *cells)
+        status = (pair.verdict or {}).get("status", "–")
+        table.add_row(str(rank), names[name], STATUS_STYLE.get(status, status), *cells)
     return table
+
+
+def verdict_lines(results: ProbeResults) -> list[str]:
+    """One block per teacher, best first: status, each reason with its numbers, then the recommendations."""
+    names = short_names(list(results.ranking))
+    by = {p.teacher: p for p in results.pairs}
+    width = max(len(n) for n in names.values())
+    lines = []
+    for name in results.ranking:
+        v = by[name].verdict
+        if not v:
+            continue
+        e = by[name].pooled
+        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v['status']]}  overlap {_fmt(e['overlap_ratio'].mean, 2)} "
+                f"[{_fmt(e['overlap_ratio'].ci_low, 2)}, {_fmt(e['overlap_ratio'].ci_high, 2)}]  mass "
+                f"{_fmt(e['overlap_mass_student'].mean, 2)}  signal {_fmt(e['topk_reverse_kl'].mean, 3)} nats/token")
+        cont = by[name].novelty.get("continuation")
+        if cont:
+            head += "  gain " + ", ".join(f"{c['gain']:+.2f}@{c['depth']}" for c in cont)
+        if "grad_norm" in by[name].novelty:
+            head += f"  grad-norm {by[name].novelty['grad_norm']:.3g}"
+        lines.append(head)
+        pad = " " * (width + 2)
+        for r in v["reasons"]:
+            if r["value"] is None:
+                lines.append(f"{pad}[dim]{r['code']}:[/dim] {escape(r['message'])}")
+            else:
+                lines.append(f"{pad}{r['code']}: {r['metric']} {_fmt(r['value'], 3)} {r['direction']} "
+                             f"{_fmt(r['threshold'], 3)}  [dim]{escape(r['message'])}[/dim]")
+        for rec in v["recommendations"]:
+            lines.append(f"{pad}-> {escape(rec)}")
+    return lines
 
 
 def print_results(results: ProbeResults, stdout: Console, stderr: Console) -> None:
     stdout.print(ranking_table(results))
+    for line in verdict_lines(results):
+        stdout.print(line, highlight=False)
     for w in results.warnings:
         stderr.print(f"[yellow]warning:[/yellow] {w}")
     for p in results.pairs:

@@ -1,0 +1,56 @@
+"""summary.md: the verdicts as Markdown, for CI job summaries ($GITHUB_STEP_SUMMARY) and pull requests."""
+
+from __future__ import annotations
+
+from ..types import ProbeResults
+from .console import short_names
+
+STATUS_ICON = {"go": "✅ GO", "caution": "⚠️ CAUTION", "no-go": "⛔ NO-GO"}
+
+
+def _f(x, d=3) -> str:
+    return "–" if x is None or x != x else f"{x:.{d}f}"
+
+
+def _md(text: str) -> str:
+    """Escape what would break a Markdown table cell or inject markup."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\n", " "))
+
+
+def summary_markdown(results: ProbeResults) -> str:
+    ro = results.rollouts
+    names = short_names(list(results.ranking))
+    lines = [
+        "## opd-probe: will OPD work?",
+        "",
+        f"Student `{_md(results.student.get('path'))}` · {ro['prompts']} prompts × {ro['samples_per_prompt']} samples · "
+        f"{ro['states']} states · k={results.config['top_k']} · opd-probe {results.tool_version}",
+        "",
+    ]
+    gate = results.gate
+    if gate is not None:
+        lines += [f"**Gate: {'PASSED' if gate['passed'] else 'FAILED'}** (fails on: {', '.join(gate['fail_on'])})", ""]
+    lines += [
+        "| # | teacher | verdict | overlap ratio | mass (student) | entropy gap | top-k KL (nats/token) | reasons |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by = {p.teacher: p for p in results.pairs}
+    for rank, name in enumerate(results.ranking, 1):
+        p = by[name]
+        v = p.verdict or {"status": "go", "reasons": [], "recommendations": []}
+        e = p.pooled
+        reasons = "; ".join(
+            f"{r['code']}: {r['metric']} {_f(r['value'])} {r['direction']} {_f(r['threshold'])}"
+            if r["value"] is not None else r["code"] for r in v["reasons"]) or "–"
+        lines.append(
+            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v['status']]} | {_f(e['overlap_ratio'].mean)} "
+            f"[{_f(e['overlap_ratio'].ci_low, 2)}, {_f(e['overlap_ratio'].ci_high, 2)}] | "
+            f"{_f(e['overlap_mass_student'].mean)} | {_f(e['entropy_gap'].mean)} | {_f(e['topk_reverse_kl'].mean)} | "
+            f"{_md(reasons)} |")
+    recs = [(names[n], r) for n in results.ranking for r in (by[n].verdict or {}).get("recommendations", [])]
+    if recs:
+        lines += ["", "### Recommendations", ""]
+        lines += [f"- `{_md(n)}`: {_md(r)}" for n, r in recs]
+    lines += ["", "Thresholds are provisional until calibrated on the model zoo; see docs/metrics.md.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""The verdict's thresholds: one place, each with its provenance, overridable from a config file and flags.
+
+The paper (arXiv 2604.13016) gives no thresholds and no step-0 numbers for failing pairs (paper-digest section 11),
+so every default here is PROVISIONAL: read off the paper's reported values for successful runs where it has them,
+a stated guess where it has none. The model zoo recalibrates them on measured OPD outcomes (docs/zoo.md, once it
+lands); until then, treat a verdict as a structured reading of the metrics, not a calibrated forecast.
+
+No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # --- thinking-pattern compatibility (reason: pattern-mismatch)
+    overlap_nogo: float = 0.50
+    overlap_caution: float = 0.65
+    mass_nogo: float = 0.80
+    mass_caution: float = 0.90
+    entropy_gap_caution: float = 1.0
+    # --- signal strength (reason: weak-signal)
+    weak_signal_kl: float = 0.02
+    weak_signal_relative: float = 0.25
+    # --- knowledge novelty from answers (reason: low-novelty)
+    min_continuation_gain: float = 0.02
+    # --- teachers that teach the same thing (noted in reasons and recommendations)
+    indistinguishable_overlap: float = 0.90
+    indistinguishable_kl: float = 0.05
+    # --- depth (reason: horizon-decay)
+    horizon_drop: float = 0.10
+    horizon_min_states: int = 50
+    # --- cold start recommendation
+    cold_start_rollouts: int = 2000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROVENANCE: dict[str, str] = {
+    "overlap_nogo": "provisional: well below the 0.70-0.76 initial top-16 overlap of the paper's successful pairs "
+                    "(§4.1 '≈72%'; figure readings 70.3-75.7%); no failing pair's value is reported",
+    "overlap_caution": "provisional: just under the lowest initial overlap of a successful pair in the paper (0.703)",
+    "mass_nogo": "provisional: paper app. B.1 reports 0.97-0.99 shared-token mass in healthy runs; §5.2/C.2: low "
+                 "and unstable mass for the base-init (mismatched) run; no value given",
+    "mass_caution": "provisional: paper-digest §10.2 suggestion (mass < 0.9 = mismatch); healthy runs sit at 0.97+",
+    "entropy_gap_caution": "provisional guess (nats): the paper shows a 'substantially smaller' gap for compatible "
+                           "pairs (§5.1) but gives no number",
+    "weak_signal_kl": "provisional guess (nats/token of the step-0 top-k reverse KL): a near-zero OPD loss is the "
+                      "paper's only step-0 marker of a no-new-knowledge teacher (app. B.2: 'much smaller' loss)",
+    "weak_signal_relative": "provisional: flag a teacher whose step-0 top-k KL is under this fraction of the "
+                            "strongest compatible candidate's (app. B.2 compares a failing to a succeeding teacher)",
+    "min_continuation_gain": "paper §6.1: teacher continuation gain +0.37 at a 1K prefix vs +0.02 at 16K, where "
+                             "the dense reward no longer helps; a gain at or below +0.02 is treated as none",
+    "indistinguishable_overlap": "provisional: §3.3 calls two teachers 'distributionally indistinguishable' at "
+                                 "student states from coinciding trajectories; it reports no distance",
+    "indistinguishable_kl": "provisional (nats/token, symmetric top-k KL between two teachers at student states)",
+    "horizon_drop": "provisional: §6.1 reward quality decays with depth; flag an absolute overlap drop of 0.10 "
+                    "from the first depth bucket",
+    "horizon_min_states": "a depth bucket needs this many states before its overlap is trusted",
+    "cold_start_rollouts": "recommendation size; the paper's cold start used 200K SFT samples for Qwen3-1.7B-Base "
+                           "(§5.1) - start small and re-probe",
+}
+
+
+def _check_and_coerce(values: dict, where: str) -> dict:
+    known = {f.name: f for f in fields(Thresholds)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown threshold(s): {', '.join(unknown)}",
+                         fix=f"known thresholds: {', '.join(known)}")
+    out = {}
+    for name, v in values.items():
+        want = int if known[name].type in ("int", int) else float
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            try:
+                v = want(str(v))
+            except ValueError:
+                raise InputError(f"{where}: threshold {name} must be a number, got {v!r}",
+                                 fix=f"e.g. {name} = {getattr(Thresholds(), name)}") from None
+        out[name] = want(v)
+    return out
+
+
+def load_thresholds(file_values: dict | None = None, overrides: list[str] | None = None) -> Thresholds:
+    """Defaults <- config file table <- ``--threshold NAME=VALUE`` flags."""
+    values: dict = {}
+    if file_values:
+        values.update(_check_and_coerce(file_values, "config file [thresholds]"))
+    for item in overrides or []:
+        if "=" not in item:
+            raise InputError(f"--threshold {item!r} is not NAME=VALUE", fix="e.g. --threshold overlap_nogo=0.45")
+        name, _, raw = item.partition("=")
+        values.update(_check_and_coerce({name.strip(): raw.strip()}, "--threshold"))
+    return Thresholds(**values)
+
+
+def read_config_file(path: str | None, cwd: Path | None = None) -> tuple[dict, str | None]:
+    """The opd-probe settings table: ``--config FILE`` (a TOML file; keys at top level or under
+    ``[tool.opd-probe]``), else ``[tool.opd-probe]`` in ./pyproject.toml. Returns (table, source)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--config {path}: file not found", fix="pass an existing TOML file")
+    else:
+        p = (cwd or Path.cwd()) / "pyproject.toml"
+        if not p.is_file():
+            return {}, None
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: not valid TOML: {e}", fix="fix the syntax (see docs/ci.md for an example)") from e
+    table = doc.get("tool", {}).get("opd-probe")
+    if table is None:
+        table = {} if path is None else {k: v for k, v in doc.items() if k != "tool"}
+    return table, str(p)

@@ -1,0 +1,196 @@
+"""Pure: metrics + novelty evidence + thresholds -> a verdict per teacher, with reasons and recommendations.
+
+Status is the most severe reason: ``no-go`` > ``caution`` > ``go``. Every reason names its metric, value,
+threshold and direction, so a reader can check it against results.json. Rules (docs/metrics.md, "Verdict"):
+
+- pattern-mismatch (paper §3.1, §5): student overlap mass or overlap ratio below the no-go / caution lines, or an
+  entropy gap above its line. Mass is read first: it does not count tail tokens that carry no probability, which
+  the ratio does when distributions are peaked.
+- low-novelty (paper §3.2-3.3, §6.1): with reference answers, a teacher that is no more accurate than the student
+  from the prompt (continuation depth 0) is no-go (reverse-distillation risk), one within noise of it a caution; a
+  continuation gain at or under the minimum at every probed depth is a caution.
+- weak-signal (app. B.2): a tiny step-0 top-k reverse KL, absolute or relative to the strongest compatible
+  candidate. A caution only: a small loss alone wrongly predicts "no gain" for a teacher that generalised further
+  (prototype finding), so it asks for answer-based evidence instead of failing the pair.
+- horizon-decay (§6.1): overlap falls along the response; recommends a response-length cap.
+- template-mismatch (§5.2): teacher and student chat templates differ; informational.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .thresholds import Thresholds
+
+SEVERITY = {"go": 0, "info": 0, "caution": 1, "no-go": 2}
+STATUSES = ("go", "caution", "no-go")
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch
+    severity: str  # no-go | caution | info
+    metric: str
+    value: float | None
+    threshold: float | None
+    direction: str  # "<" (value below threshold trips it) or ">"
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    teacher: str
+    status: str
+    reasons: tuple[Reason, ...]
+    recommendations: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"teacher": self.teacher, "status": self.status, "reasons": [r.to_dict() for r in self.reasons],
+                "recommendations": list(self.recommendations)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verdict":
+        return cls(teacher=d["teacher"], status=d["status"], reasons=tuple(Reason(**r) for r in d["reasons"]),
+                   recommendations=tuple(d["recommendations"]))
+
+
+def _below(code, sev, metric, value, th, msg) -> Reason | None:
+    return Reason(code, sev, metric, value, th, "<", msg) if value is not None and value < th else None
+
+
+def _above(code, sev, metric, value, th, msg) -> Reason | None:
+    return Reason(code, sev, metric, value, th, ">", msg) if value is not None and value > th else None
+
+
+def decide(
+    teacher: str,
+    pooled: dict[str, float],
+    th: Thresholds,
+    *,
+    strongest_kl: float | None = None,
+    depth_overlap: list[tuple[int, int, float]] | None = None,
+    continuation: list[dict] | None = None,
+    indistinguishable_from: list[str] | None = None,
+    template_differs: bool = False,
+) -> Verdict:
+    """Verdict for one teacher.
+
+    ``pooled``: metric -> pooled mean (keys of metrics.METRICS). ``strongest_kl``: the largest top-k reverse KL
+    among candidates without a pattern mismatch (None with a single teacher). ``depth_overlap``: (start, n_states,
+    overlap ratio) per depth bucket. ``continuation``: [{"depth", "gain", "se", "n", ...}] when prompts carry
+    answers and continuation depths were probed. ``indistinguishable_from``: other teachers that look the same
+    from the student's states.
+    """
+    reasons: list[Reason] = []
+    recs: list[str] = []
+    mass, ratio = pooled.get("overlap_mass_student"), pooled.get("overlap_ratio")
+    gap, kl = pooled.get("entropy_gap"), pooled.get("topk_reverse_kl")
+
+    # -- thinking-pattern compatibility
+    pattern = [
+        _below("pattern-mismatch", "no-go", "overlap_mass_student", mass, th.mass_nogo,
+               "the shared top-k tokens hold little of the student's probability"),
+        _below("pattern-mismatch", "no-go", "overlap_ratio", ratio, th.overlap_nogo,
+               "few of the student's top-k tokens are in the teacher's top-k"),
+    ]
+    if not any(pattern):
+        pattern += [
+            _below("pattern-mismatch", "caution", "overlap_mass_student", mass, th.mass_caution,
+                   "shared-token mass is below healthy OPD runs (0.97-0.99)"),
+            _below("pattern-mismatch", "caution", "overlap_ratio", ratio, th.overlap_caution,
+                   "overlap is below the paper's successful pairs (0.70-0.76)"),
+        ]
+    pattern.append(_above("pattern-mismatch", "caution", "entropy_gap", gap, th.entropy_gap_caution,
+                          "teacher and student are confident at different places"))
+    pattern = [r for r in pattern if r]
+    reasons += pattern
+    if pattern:
+        recs.append(f"cold start: SFT the student on ~{th.cold_start_rollouts} teacher rollouts first, then "
+                    f"re-probe (opd-probe verify STUDENT TEACHER --cold-start {th.cold_start_rollouts})")
+        recs.append("or align the prompts with the teacher's post-training template and data, mixed with "
+                    "out-of-distribution prompts to keep the student's entropy up (paper §5.2)")
+
+    # -- knowledge novelty (answers) and signal strength
+    novelty_known = False
+    if continuation:
+        novelty_known = True
+        base = next((c for c in continuation if c["depth"] == 0), None)
+        if base is not None and base["gain"] <= 0:
+            reasons.append(Reason(
+                "low-novelty", "no-go", "continuation_gain@0", base["gain"], 0.0, "<",
+                f"the teacher is not more accurate than the student on these prompts "
+                f"({base['teacher_accuracy']:.2f} vs {base['student_accuracy']:.2f}): nothing to teach, and OPD can "
+                "drag a stronger student back (reverse distillation)"))
+            recs.append("pick another teacher: one that solves these prompts better than the student")
+        elif base is not None and base["gain"] <= 2 * base["se"]:
+            reasons.append(Reason(
+                "low-novelty", "caution", "continuation_gain@0", base["gain"], round(2 * base["se"], 4), "<",
+                f"the teacher is not clearly more accurate than the student ({base['teacher_accuracy']:.2f} vs "
+                f"{base['student_accuracy']:.2f}, within noise)"))
+            recs.append("probe more prompts with answers to tell whether the teacher knows more than the student")
+        elif all(c["gain"] <= th.min_continuation_gain for c in continuation):
+            best = max(continuation, key=lambda c: c["gain"])
+            reasons.append(Reason(
+                "low-novelty", "caution", f"continuation_gain@{best['depth']}", best["gain"],
+                th.min_continuation_gain, "<",
+                "continuing the student's own prefixes, the teacher reaches the answer no more often than the "
+                "student does"))
+            recs.append("expect little gain: the teacher adds no knowledge at the student's states; prefer a "
+                        "teacher trained on other data or with RL beyond the student's recipe")
+    if kl is not None:
+        weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, th.weak_signal_kl,
+                      "the step-0 OPD loss is near zero: the teacher already agrees with the student")
+        if weak is None and strongest_kl and not pattern:
+            rel = th.weak_signal_relative * strongest_kl
+            weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, round(rel, 6),
+                          f"the step-0 OPD loss is under {th.weak_signal_relative:g}x the strongest compatible "
+                          "candidate's")
+        if weak is not None:
+            if indistinguishable_from:
+                weak = Reason(weak.code, weak.severity, weak.metric, weak.value, weak.threshold, weak.direction,
+                              weak.message + f"; indistinguishable from {', '.join(indistinguishable_from)} at "
+                              "the student's states")
+            reasons.append(weak)
+            if not novelty_known:
+                recs.append("check novelty before training: add reference answers to the prompts and probe with "
+                            "--continuation-depths 0,256, or run opd-probe verify")
+    if indistinguishable_from:
+        recs.append(f"{teacher} teaches the same as {', '.join(indistinguishable_from)} from the student's "
+                    "states: prefer the cheapest of them")
+
+    # -- depth
+    if depth_overlap:
+        trusted = [(s, o) for s, n, o in depth_overlap if n >= th.horizon_min_states]
+        if len(trusted) >= 2:
+            first = trusted[0][1]
+            worst_start, worst = min(trusted[1:], key=lambda so: so[1])
+            if first - worst > th.horizon_drop:
+                reasons.append(Reason(
+                    "horizon-decay", "caution", f"overlap_ratio@{worst_start}", round(first - worst, 4),
+                    th.horizon_drop, ">", f"overlap falls from {first:.2f} (first bucket) to {worst:.2f} at "
+                    f"response depth {worst_start}"))
+                recs.append(f"cap the OPD response length near {worst_start} tokens, where the teacher's signal "
+                            "decays (paper §6.1: 3K-7K best, 10K+ collapse late)")
+    if template_differs:
+        reasons.append(Reason("template-mismatch", "info", "chat_template_hash", None, None, "!=",
+                              "the teacher's chat template differs from the student's; it scored prompts rendered "
+                              "with the student's template, as OPD trainers do"))
+        recs.append("try OPD prompts rendered with the teacher's own template (paper §5.2: recovery ~80% -> ~85%)")
+
+    status = max((r.severity for r in reasons), key=SEVERITY.__getitem__, default="go")
+    status = "go" if status == "info" else status
+    return Verdict(teacher, status, tuple(reasons), tuple(dict.fromkeys(recs)))
+
+
+def rank_key(status: str, pooled: dict[str, float], continuation: list[dict] | None) -> tuple:
+    """Ranking (documented in docs/metrics.md): status first (go, caution, no-go); then evidence of novelty
+    (the best continuation gain, when answers were probed); then compatibility (student overlap mass, then ratio)."""
+    def nz(x):
+        return -1e9 if x is None or x != x else x
+
+    gain = max((c["gain"] for c in continuation), default=None) if continuation else None
+    return (SEVERITY[status], -nz(gain) if gain is not None else 0.0, -nz(pooled.get("overlap_mass_student")),
+            -nz(pooled.get("overlap_ratio")))
