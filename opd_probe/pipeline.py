@@ -303,8 +303,8 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         from transformers import AutoTokenizer
 
         try:
-            student_vocab = AutoTokenizer.from_pretrained(
-                cfg.student, trust_remote_code=cfg.trust_remote_code).get_vocab()
+            student_tok = AutoTokenizer.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+            student_vocab = student_tok.get_vocab()
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"could not load the student tokenizer from {cfg.student!r}: {e}",
                                  fix="--reuse needs the student's folder for the vocabulary check") from e
@@ -321,7 +321,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         rollouts, sample_timing = sample_rollouts(student, prompts, rendered, cfg, out, progress)
         student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
         sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
-        student_info, student_vocab = student.info, student.vocab()
+        student_info, student_vocab, student_tok = student.info, student.vocab(), student.tokenizer
         prompts_meta = {"source": cfg.prompts, "sha256": file_sha256(cfg.prompts), "count": len(prompts)}
         answers = {p.index: p.answer for p in prompts if p.answer is not None}
         _free(student)
@@ -427,8 +427,19 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         gate=gate_outcome(pairs, fail_on),
     )
     out.write_parquet("states.parquet", pd.concat(frames, ignore_index=True))
+    out.write_tokens(token_strings(student_tok, rollouts, [student_scores.topk_ids_LK] +
+                                   [ids for ids, _ in teacher_arrays.values()]))
     out.write_results(results)
     return results
+
+
+def token_strings(tokenizer, rollouts: list[Rollout], topk_ids: list[np.ndarray], top: int = 5) -> dict[int, str]:
+    """Readable text of every token a report may show: the responses, and each model's top few ids per state,
+    so reports are rebuilt from the out directory without loading a tokenizer."""
+    ids = {int(t) for r in rollouts for t in r.response_token_ids}
+    for arr in topk_ids:
+        ids.update(int(t) for t in np.unique(arr[:, :top]))
+    return {i: tokenizer.decode([i], skip_special_tokens=False) for i in sorted(ids)}
 
 
 def gate_outcome(pairs: Sequence[PairResult], fail_on: Sequence[str]) -> dict | None:

@@ -33,7 +33,7 @@ class Reason:
     metric: str
     value: float | None
     threshold: float | None
-    direction: str  # "<" (value below threshold trips it) or ">"
+    direction: str  # "<" (value below threshold trips it), "<=" (at or below), ">" or "!=" (info)
     message: str
 
     def to_dict(self) -> dict:
@@ -120,14 +120,14 @@ def decide(
         base = next((c for c in continuation if c["depth"] == 0), None)
         if base is not None and base["gain"] <= 0:
             reasons.append(Reason(
-                "low-novelty", "no-go", "continuation_gain@0", base["gain"], 0.0, "<",
+                "low-novelty", "no-go", "continuation_gain@0", base["gain"], 0.0, "<=",
                 f"the teacher is not more accurate than the student on these prompts "
                 f"({base['teacher_accuracy']:.2f} vs {base['student_accuracy']:.2f}): nothing to teach, and OPD can "
                 "drag a stronger student back (reverse distillation)"))
             recs.append("pick another teacher: one that solves these prompts better than the student")
         elif base is not None and base["gain"] <= 2 * base["se"]:
             reasons.append(Reason(
-                "low-novelty", "caution", "continuation_gain@0", base["gain"], round(2 * base["se"], 4), "<",
+                "low-novelty", "caution", "continuation_gain@0", base["gain"], round(2 * base["se"], 4), "<=",
                 f"the teacher is not clearly more accurate than the student ({base['teacher_accuracy']:.2f} vs "
                 f"{base['student_accuracy']:.2f}, within noise)"))
             recs.append("probe more prompts with answers to tell whether the teacher knows more than the student")
@@ -135,7 +135,7 @@ def decide(
             best = max(continuation, key=lambda c: c["gain"])
             reasons.append(Reason(
                 "low-novelty", "caution", f"continuation_gain@{best['depth']}", best["gain"],
-                th.min_continuation_gain, "<",
+                th.min_continuation_gain, "<=",
                 "continuing the student's own prefixes, the teacher reaches the answer no more often than the "
                 "student does"))
             recs.append("expect little gain: the teacher adds no knowledge at the student's states; prefer a "

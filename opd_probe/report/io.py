@@ -6,6 +6,7 @@ Layout of an out directory:
     rollouts.jsonl     one student rollout per line (appended per finished prompt batch)
     scores/<slug>/part-<first>-<last>.npz   per-model statistics at every state, one file per finished batch
     states.parquet     one row per teacher x state with every per-state metric
+    tokens.json        id -> text of every response token and of each model's top-5 ids (for reports)
     results.json       the results document (written last; its presence means the run finished)
 """
 
@@ -25,7 +26,7 @@ from ..errors import InputError, OutputError
 from ..types import ProbeResults, Rollout
 
 OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html",
-             "verify.json", "steps.parquet")
+             "verify.json", "steps.parquet", "tokens.json")
 OWN_DIRS = ("scores",)
 
 
@@ -177,6 +178,10 @@ class OutDir:
     # -------------------------------------------------------------- finished results
     def write_results(self, results: ProbeResults) -> None:
         atomic_write_text(self.path / "results.json", dumps(results.to_dict()))
+
+    def write_tokens(self, strings: dict[int, str]) -> None:
+        atomic_write_text(self.path / "tokens.json", json.dumps({str(k): v for k, v in strings.items()},
+                                                                ensure_ascii=False))
 
     def write_parquet(self, name: str, frame) -> None:
         import io
