@@ -102,6 +102,7 @@ def compare(
                                    help="Report the gate but exit 0 even when it trips (errors still exit 2)."),
     summary_md: Optional[Path] = typer.Option(None, "--summary-md",
                                               help="Also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report (opd-probe report --html) here."),
     config: Optional[Path] = typer.Option(None, "--config",
                                           help="TOML settings file (default: [tool.opd-probe] in ./pyproject.toml)."),
     threshold: Optional[List[str]] = typer.Option(None, "--threshold",
@@ -127,7 +128,7 @@ def compare(
     thresholds = load_thresholds(file_thresholds, threshold)
     statuses = _fail_on(fail_on, strict, gate, file_fail_on)
     return _run_and_print(cfg, json_out=json_out, quiet=quiet, thresholds=thresholds, fail_on=statuses,
-                          exit_zero=exit_zero, summary_md=summary_md)
+                          exit_zero=exit_zero, summary_md=summary_md, html=html)
 
 
 # flag name -> ProbeConfig field, where they differ
@@ -137,8 +138,6 @@ _FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level", "backend")
 
 def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tuple[dict, list | None]:
     """Settings from the config file fill in whatever was not given on the command line."""
-    from click.core import ParameterSource
-
     from .config import ProbeConfig as _PC
     from .errors import InputError
 
@@ -148,8 +147,9 @@ def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tu
     if unknown:
         raise InputError(f"{source}: unknown opd-probe config key(s): {', '.join(unknown)}",
                          fix=f"allowed keys: {', '.join(sorted(settable | set(_FILE_ONLY)))}")
+    # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
     explicit = {_FLAG_FIELD.get(name, name) for name in ctx.params
-                if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     for key, val in table.items():
         if key in ("thresholds", "fail_on"):
             continue
@@ -164,7 +164,13 @@ def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tu
     if th is not None and not isinstance(th, dict):
         raise InputError(f"{source}: 'thresholds' must be a table", fix="write [tool.opd-probe.thresholds]")
     fo = table.get("fail_on")
-    return th or {}, ([fo] if isinstance(fo, str) else list(fo)) if fo is not None else None
+    if fo is not None:
+        fo = [fo] if isinstance(fo, str) else fo
+        if not isinstance(fo, list) or not all(isinstance(x, str) for x in fo):
+            raise InputError(f"{source}: fail_on must be a status or a list of statuses",
+                             fix='e.g. fail_on = ["no-go", "caution"]')
+        _fail_on(",".join(fo), False, False, None)  # validates the names
+    return th or {}, fo
 
 
 def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
@@ -198,7 +204,7 @@ def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | No
 
 
 def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),
-                   exit_zero: bool = False, summary_md: Path | None = None) -> int:
+                   exit_zero: bool = False, summary_md: Path | None = None, html: Path | None = None) -> int:
     from .pipeline import run_probe
     from .report.console import RichProgress, print_results
     from .report.io import atomic_write_text, dumps
@@ -219,6 +225,11 @@ def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=Non
             from .errors import OutputError
 
             raise OutputError(f"--summary-md {summary_md}: {e.strerror or e}", fix="pass a writable file path") from e
+    if html is not None:
+        from .report.html import write_html
+
+        size = write_html([cfg.out], html)
+        stderr.print(f"[dim]wrote {html} ({size / 1024:.0f} KiB)[/dim]")
     if json_out:
         sys.stdout.write(dumps(results.to_dict()) + "\n")
     else:
@@ -233,19 +244,49 @@ def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=Non
 
 @app.command()
 def report(
-    run: Path = typer.Argument(..., help="The --out directory of a finished compare run."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON."),
+    runs: List[Path] = typer.Argument(..., help="Out directories of finished compare (results.json) or verify "
+                                                "(verify.json) runs; several are shown one after another."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (plots inline, "
+                                                             "token-level view) to this file."),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown summary to this file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results document(s) as JSON."),
+    max_rollouts: int = typer.Option(5, "--max-rollouts",
+                                     help="Rollouts per teacher embedded in the HTML token view (the worst ones)."),
 ):
-    """Show the results of a finished run (from its out directory alone; no model is loaded)."""
-    from .report.console import print_results
-    from .report.io import dumps, load_results
+    """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
+    from .report.html import load_runs, report_markdown, write_html
+    from .report.io import dumps
 
-    results = load_results(run)
+    loaded = load_runs(runs)
+    stdout, stderr = _consoles()
+    if html is not None:
+        size = write_html(loaded, html, max_rollouts=max_rollouts)
+        stderr.print(f"[dim]wrote {html} ({size / 1024:.0f} KiB)[/dim]")
+    if md is not None:
+        from .errors import OutputError
+        from .report.io import atomic_write_text
+
+        try:
+            atomic_write_text(Path(md).expanduser(), report_markdown(loaded))
+        except OSError as e:
+            raise OutputError(f"--md {md}: {e.strerror or e}", fix="pass a writable file path") from e
+        stderr.print(f"[dim]wrote {md}[/dim]")
     if json_out:
-        sys.stdout.write(dumps(results.to_dict()) + "\n")
-    else:
-        stdout, stderr = _consoles()
-        print_results(results, stdout, stderr)
+        docs = [r.results.to_dict() if r.kind == "compare" else r.verify for r in loaded]
+        sys.stdout.write(dumps(docs[0] if len(docs) == 1 else docs) + "\n")
+    elif html is None and md is None:
+        from rich.markup import escape
+
+        from .report.console import print_results, print_verify
+        from .verify import VerifyResult
+
+        for r in loaded:
+            if len(loaded) > 1:
+                stdout.rule(escape(f"{r.label} ({r.kind})"))
+            if r.kind == "compare":
+                print_results(r.results, stdout, stderr)
+            else:
+                print_verify(VerifyResult.from_dict(r.verify), stdout)
     return EXIT_OK
 
 

@@ -62,6 +62,8 @@ class ProbeConfig:
             (self.n_boot >= 10, "n_boot must be at least 10"),
             (0 < self.ci_level < 1, "ci_level must be in (0, 1)"),
             (len(self.teachers) >= 1, "give at least one teacher"),
+            (len(set(self.teachers)) == len(self.teachers),
+             f"a teacher is given twice: {sorted(t for t in self.teachers if self.teachers.count(t) > 1)[:1]}"),
             (all(d >= 0 for d in self.continuation_depths), "--continuation-depths must be >= 0"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             (not (self.resume and self.reuse), "--resume and --reuse exclude each other"),

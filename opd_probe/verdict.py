@@ -127,7 +127,7 @@ def decide(
             recs.append("pick another teacher: one that solves these prompts better than the student")
         elif base is not None and base["gain"] <= 2 * base["se"]:
             reasons.append(Reason(
-                "low-novelty", "caution", "continuation_gain@0", base["gain"], round(2 * base["se"], 4), "<=",
+                "low-novelty", "caution", "continuation_gain@0", base["gain"], 2 * base["se"], "<=",
                 f"the teacher is not clearly more accurate than the student ({base['teacher_accuracy']:.2f} vs "
                 f"{base['student_accuracy']:.2f}, within noise)"))
             recs.append("probe more prompts with answers to tell whether the teacher knows more than the student")
@@ -145,7 +145,7 @@ def decide(
                       "the step-0 OPD loss is near zero: the teacher already agrees with the student")
         if weak is None and strongest_kl and not pattern:
             rel = th.weak_signal_relative * strongest_kl
-            weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, round(rel, 6),
+            weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, rel,
                           f"the step-0 OPD loss is under {th.weak_signal_relative:g}x the strongest compatible "
                           "candidate's")
         if weak is not None:
