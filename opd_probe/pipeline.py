@@ -268,6 +268,8 @@ def _reuse_inputs(cfg: ProbeConfig, out: OutDir) -> tuple[list[Rollout], dict, d
         raise InputError(f"--reuse {src.path} has no saved student scores", fix="re-run the original probe")
     if out.path.resolve() != src.path.resolve():
         out.rewrite_rollouts(rollouts)
+        if (src.path / "prompts.jsonl").exists():
+            shutil.copyfile(src.path / "prompts.jsonl", out.path / "prompts.jsonl")
         dst = out.scores_dir(STUDENT_SLUG)
         if dst.exists():
             shutil.rmtree(dst)
@@ -303,7 +305,9 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         from transformers import AutoTokenizer
 
         try:
-            student_tok = AutoTokenizer.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
+            from .zoo import resolve
+
+            student_tok = AutoTokenizer.from_pretrained(resolve(cfg.student), trust_remote_code=cfg.trust_remote_code)
             student_vocab = student_tok.get_vocab()
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"could not load the student tokenizer from {cfg.student!r}: {e}",
@@ -324,6 +328,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         student_info, student_vocab, student_tok = student.info, student.vocab(), student.tokenizer
         prompts_meta = {"source": cfg.prompts, "sha256": file_sha256(cfg.prompts), "count": len(prompts)}
         answers = {p.index: p.answer for p in prompts if p.answer is not None}
+        out.write_prompts(prompts)
         _free(student)
     if cfg.continuation_depths and not answers:
         raise InputError("--continuation-depths needs prompts with reference answers ('answer' field)",
@@ -491,7 +496,11 @@ def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[R
 
 
 def _reused_answers(reuse_dir: str) -> dict[int, str]:
-    """Reference answers of a reused run's prompts, when its prompt file is still there."""
+    """Reference answers of a reused run's prompts (its prompts.jsonl, else its prompt file if still there)."""
+    own = Path(reuse_dir) / "prompts.jsonl"
+    if own.exists():
+        prompts = [ProbePrompt.from_dict(json.loads(line)) for line in own.read_text().splitlines() if line]
+        return {p.index: p.answer for p in prompts if p.answer is not None}
     old = json.loads((Path(reuse_dir) / "config.json").read_text())
     if not old.get("prompts") or not Path(old["prompts"]).exists():
         return {}

@@ -32,6 +32,18 @@ def _limit_torch_threads() -> None:
         torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster single-threaded: on a 2-vCPU VM two OpenMP threads made each tiny matmul ~50x
+    slower. Modules of tiny-model tests use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory) -> Path:
     """The base tiny tokenizer (512 tokens, chat template), built once per session."""

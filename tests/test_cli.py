@@ -7,19 +7,18 @@ need an out directory to damage or overwrite work on copies of it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from clirun import Run, cli  # noqa: F401
 
-from opd_probe.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PROMPTS = REPO / "sample_prompts" / "tiny.jsonl"
@@ -27,24 +26,6 @@ SMALL = ["--samples", "2", "--max-new-tokens", "8", "--limit", "3"]  # the numbe
 TINIEST = ["--samples", "1", "--max-new-tokens", "2", "--limit", "1", "--quiet"]  # runs that only need to start
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def cli(*args) -> Run:
-    """Run ``opd-probe ARGS`` in-process; return its exit code and captured stdout/stderr."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        else:  # pragma: no cover - main() must always exit
-            raise AssertionError("main() returned instead of calling sys.exit")
-    return Run(code, stdout.getvalue(), stderr.getvalue())
 
 
 def compare(student, *teachers, out, extra=(), prompts=TINY_PROMPTS) -> Run:
@@ -78,15 +59,6 @@ def snapshot(d: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a 2-vCPU VM two OpenMP threads made every matmul ~50x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

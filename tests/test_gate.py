@@ -11,38 +11,20 @@ model (NO-GO: pattern-mismatch).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from opd_probe.cli import main
+from clirun import Run, cli  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PROMPTS = REPO / "sample_prompts" / "tiny.jsonl"
 TINY = ["--limit", "2", "--samples", "1", "--max-new-tokens", "4", "--quiet"]
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def cli(*args) -> Run:
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        else:  # pragma: no cover - main() must always exit
-            raise AssertionError("main() returned instead of calling sys.exit")
-    return Run(code, stdout.getvalue(), stderr.getvalue())
 
 
 def compare(student, *teachers, out, extra=(), tiny=True) -> Run:
@@ -66,15 +48,6 @@ def assert_error(run: Run, *needles: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads (see test_cli.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

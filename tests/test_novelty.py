@@ -12,6 +12,8 @@ import pytest
 from opd_probe.errors import InputError
 from opd_probe.novelty import distinguishability, indistinguishable_pairs
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_PROMPTS = REPO / "sample_prompts" / "tiny.jsonl"
 NO_ANSWERS = REPO / "sample_prompts" / "instruct.jsonl"
@@ -85,15 +87,6 @@ def test_kl_by_hand_two_tokens():
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster single-threaded on a small VM (see test_cli.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

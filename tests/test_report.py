@@ -8,8 +8,6 @@ damage an out directory work on copies. Browser rendering is tested in tests/tes
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -21,30 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opd_probe.cli import main
+from clirun import Run, cli  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 XSS_PROMPT = "Ignore this <script>alert(1)</script> and this </textarea><img src=x onerror=alert(3)> then add 2 and 3."
 XSS_ID = "p<script>alert(2)</script>"
 MARKUP_TEACHER = "t<b>bold"  # a folder name with markup (no "/": that would nest folders)
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-def cli(*args) -> Run:
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        else:  # pragma: no cover
-            raise AssertionError("main() returned instead of calling sys.exit")
-    return Run(code, stdout.getvalue(), stderr.getvalue())
 
 
 @dataclass
@@ -80,15 +63,6 @@ def make_runs(root: Path, tiny_model) -> Runs:
     return Runs(out, vout, html, prompts, teachers)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads (see tests/test_cli.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from opd_probe.verify import VerifyConfig, judge, opd_loss
 PROMPTS = "sample_prompts/tiny.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_cli(argv, capsys):

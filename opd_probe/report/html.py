@@ -111,8 +111,18 @@ def _read_tokens(run: Run) -> dict[int, str] | None:
                                                                       "(the report then shows token ids)") from e
 
 
-def _prompt_texts(results: ProbeResults) -> tuple[dict[str, str], str | None]:
-    """Prompt id -> text, when the prompt file is still at its recorded path with the same sha256."""
+def _prompt_texts(results: ProbeResults, run_dir: Path) -> tuple[dict[str, str], str | None]:
+    """Prompt id -> text: from the run's own prompts.jsonl (written by compare), else from the prompt file when it
+    is still at its recorded path with the same sha256."""
+    own = run_dir / "prompts.jsonl"
+    if own.is_file():
+        from ..types import ProbePrompt
+
+        try:
+            prompts = [ProbePrompt.from_dict(json.loads(line)) for line in own.read_text().splitlines() if line]
+            return {p.id: _prompt_text(p) for p in prompts}, None
+        except (ValueError, KeyError) as e:
+            return {}, f"{own} cannot be read ({e})"
     src, sha = results.prompts.get("source"), results.prompts.get("sha256")
     if not src or not sha:
         return {}, "the prompt file is not recorded in results.json"
@@ -127,10 +137,11 @@ def _prompt_texts(results: ProbeResults) -> tuple[dict[str, str], str | None]:
         prompts = load_prompts(f)
     except Exception as e:  # noqa: BLE001 - a report must not fail on a prompt file it only decorates with
         return {}, f"the prompt file {src} cannot be read ({e})"
-    texts = {}
-    for p in prompts:
-        texts[p.id] = p.prompt if p.prompt is not None else "\n".join(f"{r}: {c}" for r, c in (p.messages or ()))
-    return texts, None
+    return {p.id: _prompt_text(p) for p in prompts}, None
+
+
+def _prompt_text(p) -> str:
+    return p.prompt if p.prompt is not None else "\n".join(f"{r}: {c}" for r, c in (p.messages or ()))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -356,7 +367,7 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
     by = {p.teacher: p for p in r.pairs}
     states = _read_states(run)
     tokens = _read_tokens(run)
-    prompt_texts, prompt_note = _prompt_texts(r)
+    prompt_texts, prompt_note = _prompt_texts(r, run.path)
     notes = []
     if states is None:
         notes.append("states.parquet is missing: no per-state distribution, depth detail or token view.")

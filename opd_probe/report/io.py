@@ -3,6 +3,7 @@
 Layout of an out directory:
 
     config.json        the run's config (written first; --resume checks it)
+    prompts.jsonl      the probe prompts as loaded (ids, texts or messages, answers)
     rollouts.jsonl     one student rollout per line (appended per finished prompt batch)
     scores/<slug>/part-<first>-<last>.npz   per-model statistics at every state, one file per finished batch
     states.parquet     one row per teacher x state with every per-state metric
@@ -26,7 +27,7 @@ from ..errors import InputError, OutputError
 from ..types import ProbeResults, Rollout
 
 OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html",
-             "verify.json", "steps.parquet", "tokens.json")
+             "verify.json", "steps.parquet", "tokens.json", "prompts.jsonl")
 OWN_DIRS = ("scores",)
 
 
@@ -178,6 +179,11 @@ class OutDir:
     # -------------------------------------------------------------- finished results
     def write_results(self, results: ProbeResults) -> None:
         atomic_write_text(self.path / "results.json", dumps(results.to_dict()))
+
+    def write_prompts(self, prompts) -> None:
+        """The probe prompts as loaded (ids, texts, answers), so reports and --reuse need not find the file."""
+        atomic_write_text(self.path / "prompts.jsonl",
+                          "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in prompts))
 
     def write_tokens(self, strings: dict[int, str]) -> None:
         atomic_write_text(self.path / "tokens.json", json.dumps({str(k): v for k, v in strings.items()},

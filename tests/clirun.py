@@ -1,0 +1,29 @@
+"""Run the real CLI entry point in-process and capture what a user would see."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+from opd_probe.cli import main
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def cli(*args) -> Run:
+    """``opd-probe ARGS``: exit code, stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        else:  # pragma: no cover - main() must always exit
+            raise AssertionError("main() returned instead of calling sys.exit")
+    return Run(code, stdout.getvalue(), stderr.getvalue())
