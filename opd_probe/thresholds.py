@@ -24,6 +24,7 @@ class Thresholds:
     mass_nogo: float = 0.80
     mass_caution: float = 0.90
     entropy_gap_caution: float = 1.0
+    ratio_max_coverage: float = 0.99
     # --- signal strength (reason: weak-signal)
     weak_signal_kl: float = 0.02
     weak_signal_relative: float = 0.25
@@ -49,6 +50,11 @@ PROVENANCE: dict[str, str] = {
     "mass_nogo": "provisional: paper app. B.1 reports 0.97-0.99 shared-token mass in healthy runs; §5.2/C.2: low "
                  "and unstable mass for the base-init (mismatched) run; no value given",
     "mass_caution": "provisional: paper-digest §10.2 suggestion (mass < 0.9 = mismatch); healthy runs sit at 0.97+",
+    "ratio_max_coverage": "measured on the zoo (opd_probe/zoo, k=4): when the student's top-k holds more than "
+                          "this share of its probability, the ranks past its one or two real candidates are tail "
+                          "noise (the same-format teacher: ratio 0.50 at top-k coverage 0.998 while the shared "
+                          "mass is 0.96; prototype: the same with toy models); the ratio rules then give way to "
+                          "mass",
     "entropy_gap_caution": "provisional guess (nats): the paper shows a 'substantially smaller' gap for compatible "
                            "pairs (§5.1) but gives no number",
     "weak_signal_kl": "provisional guess (nats/token of the step-0 top-k reverse KL): a near-zero OPD loss is the "

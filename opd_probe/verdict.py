@@ -4,8 +4,8 @@ Status is the most severe reason: ``no-go`` > ``caution`` > ``go``. Every reason
 threshold and direction, so a reader can check it against results.json. Rules (docs/metrics.md, "Verdict"):
 
 - pattern-mismatch (paper §3.1, §5): student overlap mass or overlap ratio below the no-go / caution lines, or an
-  entropy gap above its line. Mass is read first: it does not count tail tokens that carry no probability, which
-  the ratio does when distributions are peaked.
+  entropy gap above its line. Mass does not count tail tokens that carry no probability; the ratio does, so its
+  rules apply only while the student's top-k coverage is at most ratio_max_coverage (see thresholds.py).
 - low-novelty (paper §3.2-3.3, §6.1): with reference answers, a teacher that is no more accurate than the student
   from the prompt (continuation depth 0) is no-go (reverse-distillation risk), one within noise of it a caution; a
   continuation gain at or under the minimum at every probed depth is a caution.
@@ -90,17 +90,24 @@ def decide(
     gap, kl = pooled.get("entropy_gap"), pooled.get("topk_reverse_kl")
 
     # -- thinking-pattern compatibility
+    # The ratio counts every top-k token alike; when the student's top-k holds nearly all of its probability, the
+    # ranks past its few real candidates are tail noise and the ratio measures noise, not thinking patterns
+    # (zoo, same-format teacher: ratio 0.50 at top-k coverage 0.998, with overlap mass 0.96). Mass is then the
+    # faithful reading (paper §5.2), so the ratio rules apply only below ratio_max_coverage.
+    coverage = pooled.get("topk_coverage_student")
+    use_ratio = coverage is None or coverage <= th.ratio_max_coverage
+    ratio_rule = ratio if use_ratio else None
     pattern = [
         _below("pattern-mismatch", "no-go", "overlap_mass_student", mass, th.mass_nogo,
                "the shared top-k tokens hold little of the student's probability"),
-        _below("pattern-mismatch", "no-go", "overlap_ratio", ratio, th.overlap_nogo,
+        _below("pattern-mismatch", "no-go", "overlap_ratio", ratio_rule, th.overlap_nogo,
                "few of the student's top-k tokens are in the teacher's top-k"),
     ]
     if not any(pattern):
         pattern += [
             _below("pattern-mismatch", "caution", "overlap_mass_student", mass, th.mass_caution,
                    "shared-token mass is below healthy OPD runs (0.97-0.99)"),
-            _below("pattern-mismatch", "caution", "overlap_ratio", ratio, th.overlap_caution,
+            _below("pattern-mismatch", "caution", "overlap_ratio", ratio_rule, th.overlap_caution,
                    "overlap is below the paper's successful pairs (0.70-0.76)"),
         ]
     pattern.append(_above("pattern-mismatch", "caution", "entropy_gap", gap, th.entropy_gap_caution,

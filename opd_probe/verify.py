@@ -117,6 +117,7 @@ class VerifyResult:
     outcome: str
     gap_recovery: float | None
     timings: dict = field(default_factory=dict)
+    prediction: dict | None = None  # the verdict the probe's rules give on step0 (verdict.Verdict.to_dict())
     tool_version: str = __version__
     created_at: str = ""
     kind: str = "verify"
@@ -375,6 +376,13 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
         del surrogate
     evaluate("opd", cfg.steps)
     criteria, outcome, gap_recovery = judge(steps, evals, teacher_acc)
+    from .thresholds import Thresholds
+    from .verdict import decide
+
+    # The probe's reading of the same pair from the first batch (pattern and signal rules; novelty from answers
+    # needs compare's continuation probe), shown beside what OPD then did.
+    prediction = decide(cfg.teacher, step0, Thresholds(),
+                        template_differs=student.info["chat_template_hash"] != teacher.info["chat_template_hash"])
     if cfg.save:
         Path(cfg.save).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(cfg.save, safe_serialization=True)
@@ -383,6 +391,7 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
         config=cfg.to_dict(), student=student.info, teacher=teacher.info, environment=environment(), steps=steps,
         evals=evals, teacher_accuracy=teacher_acc, step0=step0, criteria=criteria, outcome=outcome,
         gap_recovery=gap_recovery, timings={"total_seconds": time.perf_counter() - started},
+        prediction=prediction.to_dict(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     if warnings:

@@ -386,3 +386,14 @@ def test_read_config_file_errors(tmp_path):
         read_config_file(None, cwd=tmp_path)
     with pytest.raises(InputError, match="not found"):
         read_config_file(str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize("coverage, fires", [(0.998, False), (0.95, True), (None, True)])
+def test_ratio_rules_give_way_to_mass_when_the_topk_is_mostly_tail(coverage, fires):
+    # zoo, same-format teacher: ratio 0.50 at coverage 0.998 with mass 0.96 - the ratio counts zero-mass tail tokens
+    pooled = {**HEALTHY, "overlap_ratio": 0.45, "topk_coverage_student": coverage}
+    if coverage is None:
+        del pooled["topk_coverage_student"]
+    v = run(pooled)
+    assert any(r.metric == "overlap_ratio" for r in v.reasons) is fires
+    assert (v.status == "no-go") is fires

@@ -1,4 +1,4 @@
-"""The zoo's task, tokenizer and role checks (fast); the shipped zoo's verdicts vs its ground truth (slow)."""
+"""The zoo's task, tokenizer and role checks (the zoo itself is built by python -m opd_probe.zoo.build)."""
 
 import random
 
@@ -50,7 +50,7 @@ def test_role_checks():
             "mild": {"hard": 0.9, "easy": 1.0}, "strong": {"hard": 0.85, "easy": 0.98},
             "same-recipe": {"hard": 0.25, "easy": 0.99}, "successor": {"hard": 0.9, "easy": 1.0}}
     assert role_checks(good) == []
-    bad = {**good, "same-recipe": {"hard": 0.9, "easy": 1.0}, "student": {"hard": 0.0, "easy": 0.99}}
+    bad = {**good, "same-recipe": {"hard": 0.9, "easy": 1.0}, "student": {"hard": 0.7, "easy": 0.99}}
     fails = role_checks(bad)
     assert any("student" in f for f in fails) and any("same-recipe" in f for f in fails)
 
@@ -59,3 +59,18 @@ def test_unknown_zoo_name_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="no zoo model"):
         resolve("zoo:no-such-model")
     assert resolve("./somewhere") == "./somewhere"
+
+
+def test_ground_truth_table_renders():
+    from opd_probe.zoo.ground_truth import zoo_markdown
+
+    run = {"hard_before": 0.0, "hard_opd_start": 0.0, "hard_after": 0.3, "gap_recovery": 0.4, "easy_after": 1.0,
+           "outcome": "gain"}
+    doc = {"pairs": [{"student": "student", "teacher": "aligned", "cold_start": 0, "expected": "gain",
+                      "probe": {"verdict": "go", "reasons": [], "metrics": {"overlap_ratio": 0.5,
+                                "overlap_mass_student": 0.96, "topk_reverse_kl": 0.6},
+                                "continuation": [{"depth": 0, "gain": 0.16}]},
+                      "runs": [run, {**run, "hard_after": 0.2}], "hard_delta_mean": 0.25, "easy_after_mean": 1.0,
+                      "works": True}]}
+    table = zoo_markdown(doc)
+    assert "student ← aligned" in table and "0.00 → 0.30, 0.20" in table and "**works**" in table

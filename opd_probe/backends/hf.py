@@ -150,7 +150,9 @@ class HFModel:
 
         hf_logging.disable_progress_bar()  # our own progress display owns stderr
 
-        path = spec.path
+        from ..zoo import resolve
+
+        path = resolve(spec.path)
         is_local = Path(path).expanduser().exists()
         if not is_local:
             if _looks_like_local_path(path):

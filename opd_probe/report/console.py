@@ -144,6 +144,9 @@ def print_verify(result, stdout: Console) -> None:
         stdout.print(f"teacher accuracy {result.teacher_accuracy['accuracy']:.3f}; gap recovery "
                      f"{'–' if gr is None else f'{gr:.2f}'}")
     verdict = "[green]PASSED[/green]" if c["passed"] else "[red]FAILED[/red]"
+    if result.prediction:
+        codes = sorted({r["code"] for r in result.prediction["reasons"]}) or ["no reasons"]
+        stdout.print(f"probe predicted: {STATUS_STYLE[result.prediction['status']]} ({', '.join(codes)})")
     stdout.print(f"observed outcome: [bold]{result.outcome}[/bold]; success criteria {verdict}")
 
 

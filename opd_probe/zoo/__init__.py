@@ -1,0 +1,30 @@
+"""The model zoo: tiny models trained by this project on a synthetic task, shipped with the package.
+
+`zoo:NAME` anywhere a model is expected resolves to the shipped model folder NAME (see build.py for the roles).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelLoadError
+
+ZOO_MODELS = Path(__file__).resolve().parent / "models"
+ZOO_PROMPTS = Path(__file__).resolve().parent / "prompts"
+PREFIX = "zoo:"
+
+
+def names() -> list[str]:
+    return sorted(p.name for p in ZOO_MODELS.iterdir() if (p / "config.json").exists()) if ZOO_MODELS.is_dir() else []
+
+
+def resolve(path: str) -> str:
+    """``zoo:NAME`` -> the shipped folder; anything else unchanged."""
+    if not path.startswith(PREFIX):
+        return path
+    name = path[len(PREFIX):]
+    folder = ZOO_MODELS / name
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"no zoo model named {name!r}",
+                             fix=f"use one of: {', '.join('zoo:' + n for n in names()) or '(the zoo is not built)'}")
+    return str(folder)

@@ -1,0 +1,146 @@
+"""Rebuild the model zoo from nothing, deterministically: `python -m opd_probe.zoo.build [--out DIR]`.
+
+Every model is a 2-layer Llama (~0.3 M parameters) trained on CPU on the addition task of task.py, sharing one
+character tokenizer. Roles (each asserted on held-out problems before saving):
+
+    student        aligned scratchpad; no hard (5-digit) problems in its data -> fails hard problems
+    aligned        aligned scratchpad; 40% hard problems -> knows what the student lacks (OPD should gain)
+    mild           the same knowledge, step separator ',' instead of ';' (partly compatible scratchpad)
+    strong         the same knowledge, a different scratchpad notation '(a,b,c)->s|' (thinking-pattern mismatch)
+    same-recipe    the student's data and recipe, another seed -> about the student's accuracy (no new knowledge)
+    successor      the student trained further on 40% hard problems -> stronger than the student; OPD from the
+                   student (its ancestor) should regress it (reverse distillation)
+
+Also writes the zoo's prompt sets (train: mixed difficulty; heldout-hard, heldout-easy: with answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .task import problem, prompt_text, sample_problems
+from .train import accuracy, make_tokenizer, new_model, save, train
+
+ZOO_DIR = Path(__file__).resolve().parent / "models"
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+
+# The share of hard problems is a razor-thin, unstable knob (600 steps, seed 0: 0.5% -> 0.00 hard accuracy,
+# 5% -> 0.045, 10% -> 0.40, and 8% -> 0.845 with another thread count), so the student's gap is structural:
+# it never sees a 5-digit operand, and knows nothing of the fifth column beyond 0+0.
+STUDENT_HARD_SHARE = 0.0
+TEACHER_HARD_SHARE = 0.40
+STEPS = 600
+SUCCESSOR_STEPS = 300
+
+# name: (format, hard share, seed, init_from, steps); roles are asserted in ROLE_CHECKS
+RECIPES = {
+    "student": ("aligned", STUDENT_HARD_SHARE, 0, None, STEPS),
+    "aligned": ("aligned", TEACHER_HARD_SHARE, 1, None, STEPS),
+    "mild": ("mild", TEACHER_HARD_SHARE, 2, None, STEPS),
+    "strong": ("strong", TEACHER_HARD_SHARE, 3, None, STEPS),
+    "same-recipe": ("aligned", STUDENT_HARD_SHARE, 4, None, STEPS),
+    "successor": ("aligned", TEACHER_HARD_SHARE, 5, "student", SUCCESSOR_STEPS),
+}
+
+
+def heldout(seed: int = 12345, n: int = 200) -> tuple[list, list]:
+    rng = random.Random(seed)
+    return [problem(rng, "hard") for _ in range(n)], [problem(rng, "easy") for _ in range(n)]
+
+
+def role_checks(acc: dict[str, dict[str, float]]) -> list[str]:
+    """Failed role assertions (empty = every model plays its role)."""
+    s = acc["student"]["hard"]
+    fails = []
+    if s > 0.6:
+        fails.append(f"student hard accuracy {s:.2f} should be weak (<= 0.60)")
+    for name in ("aligned", "mild", "strong", "successor"):
+        if acc[name]["hard"] < s + 0.3:
+            fails.append(f"{name} hard accuracy {acc[name]['hard']:.2f} should beat the student's {s:.2f} by 0.3+")
+    if abs(acc["same-recipe"]["hard"] - s) > 0.2:
+        fails.append(f"same-recipe hard accuracy {acc['same-recipe']['hard']:.2f} should be near the student's {s:.2f}")
+    for name, a in acc.items():
+        # same-recipe only needs to hold no knowledge the student lacks: its easy accuracy varies with the seed
+        # (0.775 with seed 4, the student's 1.00 with seed 0), which makes it no better a teacher
+        floor = 0.7 if name == "same-recipe" else 0.85
+        if a["easy"] < floor:
+            fails.append(f"{name} easy accuracy {a['easy']:.2f} should be >= {floor}")
+    return fails
+
+
+def write_prompts(out: Path, seed: int = 777) -> None:
+    """train.jsonl (half hard, half easy/mid, so OPD does not erase easy skills), heldout-{hard,easy}.jsonl."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    hard, easy = heldout()
+    seen = {prompt_text(a, b) for a, b in hard + easy}
+    train_set = []
+    while len(train_set) < 256:
+        kind = "hard" if len(train_set) % 2 == 0 else rng.choice(["easy", "mid"])
+        a, b = problem(rng, kind)
+        if prompt_text(a, b) not in seen:
+            seen.add(prompt_text(a, b))
+            train_set.append((a, b))
+    for name, probs in (("train", train_set), ("heldout-hard", hard), ("heldout-easy", easy)):
+        lines = [json.dumps({"id": f"{name}-{i:03d}", "prompt": prompt_text(a, b), "answer": str(a + b)})
+                 for i, (a, b) in enumerate(probs)]
+        (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def build(out: Path = ZOO_DIR, log=print) -> dict:
+    torch.set_num_threads(2)  # fixed: the thread count changes float rounding, hence the trained models
+    tok = make_tokenizer()
+    hard, easy = heldout()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    models, acc, seconds = {}, {}, {}
+    for name, (fmt, share, seed, init_from, steps) in RECIPES.items():
+        t0 = time.perf_counter()
+        log(f"training {name}: format={fmt} hard_share={share} seed={seed} init_from={init_from} steps={steps}")
+        if init_from is None:
+            model = new_model(tok, seed)
+        else:
+            model = new_model(tok, seed)
+            model.load_state_dict(models[init_from].state_dict())
+        train(model, tok, lambda rng, n, share=share: sample_problems(rng, n, share), fmt, steps, seed=seed, log=log)
+        models[name] = model
+        acc[name] = {"hard": accuracy(model, tok, hard), "easy": accuracy(model, tok, easy)}
+        save(model, tok, tmp / name)  # kept for inspection if a role check fails below
+        seconds[name] = time.perf_counter() - t0
+        log(f"  {name}: hard {acc[name]['hard']:.3f} easy {acc[name]['easy']:.3f} ({seconds[name]:.0f} s)")
+    fails = role_checks(acc)
+    if fails:
+        raise SystemExit("zoo roles not met:\n  " + "\n  ".join(fails))
+    for name, model in models.items():
+        shutil.rmtree(tmp / name)
+        save(model.to(torch.bfloat16), tok, tmp / name)
+    manifest = {"recipes": {k: dict(zip(("format", "hard_share", "seed", "init_from", "steps"), v))
+                            for k, v in RECIPES.items()},
+                "heldout_accuracy": acc, "train_seconds": seconds, "torch": torch.__version__}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    write_prompts(PROMPTS_DIR)
+    return manifest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ZOO_DIR)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    m = build(args.out)
+    print(json.dumps(m["heldout_accuracy"], indent=2))
+    print(f"zoo built in {time.perf_counter() - t0:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
