@@ -29,7 +29,8 @@ from . import __version__, metrics
 from .errors import InputError
 
 STEP_METRICS = ("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "entropy_gap", "topk_reverse_kl",
-                "sampled_reverse_kl", "top1_agreement", "student_entropy", "teacher_entropy")
+                "sampled_reverse_kl", "top1_agreement", "student_entropy", "teacher_entropy",
+                "topk_coverage_student")  # coverage: the verdict reads it to decide whether the ratio is tail noise
 LOSSES = ("topk", "sampled")
 
 

@@ -111,7 +111,8 @@ def test_verify_cli_cold_start_then_opd_end_to_end(tiny_model, tmp_path, capsys)
     assert phases.count("opd") == 3 and "cold-start" in phases
     assert [e["phase"] for e in doc["evals"]] == ["before", "cold-start", "opd", "opd"]
     assert doc["teacher_accuracy"] is not None
-    assert set(doc["step0"]) >= {"overlap_ratio", "topk_reverse_kl", "grad_norm"}
+    assert set(doc["step0"]) >= {"overlap_ratio", "topk_reverse_kl", "grad_norm", "topk_coverage_student"}
+    assert doc["prediction"]["status"] in ("go", "caution", "no-go")  # the probe's rules on the step-0 batch
     assert doc["outcome"] in ("gain", "no-gain", "regression")
     assert (out / "steps.parquet").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(str(save))
