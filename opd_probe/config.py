@@ -80,12 +80,7 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProbeConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown config keys: {', '.join(unknown)}",
-                             fix=f"remove them; known keys are: {', '.join(sorted(known))}")
-        return cls(**d)
+        return from_known_keys(cls, d, "config")
 
     def numbers_key(self) -> dict:
         """The settings that determine the numbers; a resumed run must match them exactly."""
@@ -93,3 +88,13 @@ class ProbeConfig:
         for name in self.RUNTIME_ONLY + ("out",):
             d.pop(name, None)
         return d
+
+
+def from_known_keys(cls, d: dict, what: str):
+    """``cls(**d)`` for a config dataclass, with unknown keys an error that lists the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown {what} keys: {', '.join(unknown)}",
+                         fix=f"remove them; known keys are: {', '.join(sorted(known))}")
+    return cls(**d)

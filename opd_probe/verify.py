@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -94,12 +94,9 @@ class VerifyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VerifyConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown verify config keys: {', '.join(unknown)}",
-                             fix=f"known keys: {', '.join(sorted(known))}")
-        return cls(**d)
+        from .config import from_known_keys
+
+        return from_known_keys(cls, d, "verify config")
 
 
 @dataclass
