@@ -1,0 +1,139 @@
+"""Pure: project the sampling and teacher-scoring cost of a planned OPD run from the probe's measured throughput.
+
+No models, no IO, no torch. The probe measured, on this hardware and backend, how many response tokens per
+second the student samples and how many (prompt + response) tokens per second each teacher scores. A planned run
+of S steps x B sequences samples S*B responses and has every teacher score each of them once (the reference
+trainer's per-step teacher pass; paper-digest section 3). Response length is the big unknown, so the projection
+is a range: "low" uses the probe's mean response length (capped at the planned maximum), "high" assumes every
+response runs to the planned maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# A projection whose probe rollouts mostly hit the probe's own length cap says so: its "low" end is then a
+# lower bound on the real mean response length, not an estimate of it.
+TRUNCATION_NOTE_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planned OPD run: ``steps`` optimizer steps of ``batch`` sequences (prompts x samples per prompt, e.g.
+    64 x 4 = 256 in the paper's recipe), responses capped at ``max_tokens``."""
+
+    steps: int
+    batch: int
+    max_tokens: int
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"plan {name} must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hours(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds / 3600.0
+
+
+def _rate(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and x > 0 else None
+
+
+def project(
+    plan: Plan,
+    *,
+    response_length_mean: float,
+    prompt_length_mean: float | None,
+    probe_max_new_tokens: int,
+    truncated_share: float,
+    sampling_tokens_per_second: float | None,
+    scoring_tokens_per_second: dict[str, float | None],
+    device: str,
+    backend: str = "hf",
+) -> dict:
+    """The cost projection as a JSON-ready dict.
+
+    ``response_length_mean`` / ``prompt_length_mean``: tokens per rollout in the probe. ``truncated_share``: share
+    of probe rollouts that hit ``probe_max_new_tokens``. ``sampling_tokens_per_second``: response tokens sampled
+    per second. ``scoring_tokens_per_second``: teacher -> (prompt + response) tokens scored per second. A rate
+    that was not measured (None) gives None for the times that depend on it.
+
+    Returns {"plan", "sequences", "response_tokens": {"low", "high"}, "scored_tokens": {"low", "high"},
+    "sampling": {"tokens_per_second", "seconds": {...}, "hours": {...}},
+    "teachers": {name: {"tokens_per_second", "seconds", "hours"}}, "assumptions": [str, ...]}.
+    """
+    sequences = plan.steps * plan.batch
+    mean_len = min(float(response_length_mean), float(plan.max_tokens))
+    resp = {"low": sequences * mean_len, "high": float(sequences * plan.max_tokens)}
+    scored = {k: v + sequences * float(prompt_length_mean or 0.0) for k, v in resp.items()}
+    s_rate = _rate(sampling_tokens_per_second)
+    sampling_s = {k: (v / s_rate if s_rate else None) for k, v in resp.items()}
+    teachers = {}
+    for name, rate in scoring_tokens_per_second.items():
+        r = _rate(rate)
+        sec = {k: (v / r if r else None) for k, v in scored.items()}
+        teachers[name] = {"tokens_per_second": r, "seconds": sec, "hours": {k: _hours(v) for k, v in sec.items()}}
+
+    assumptions = [
+        f"{sequences} sequences = {plan.steps} steps x {plan.batch} sequences per step; every teacher scores each "
+        "sampled sequence once (prompt + response)",
+        f"low: responses as long as the probe's mean ({response_length_mean:.1f} tokens"
+        + (f", capped at --plan-max-tokens {plan.max_tokens}" if response_length_mean > plan.max_tokens else "")
+        + f"); high: every response runs to --plan-max-tokens {plan.max_tokens}",
+        f"prompt length: the probe's mean, {prompt_length_mean:.1f} tokens" if prompt_length_mean is not None else
+        "prompt length was not recorded (results from an older opd-probe): scored tokens count responses only",
+        f"same hardware and backend as the probe ({device}, {backend}), at the probe's measured rates; batch size, "
+        "parallelism, KV-cache and attention cost growing with length are not modelled (a faster engine, e.g. vLLM "
+        "for sampling, or more devices, divide these times)",
+        "the student's own training forward/backward and the optimizer step are not included",
+    ]
+    if truncated_share > TRUNCATION_NOTE_SHARE:
+        assumptions.append(
+            f"{truncated_share:.0%} of the probe's rollouts hit its --max-new-tokens {probe_max_new_tokens}: its "
+            "mean response length is a lower bound, so the low end underestimates")
+    if s_rate is None:
+        assumptions.append("sampling throughput was not measured in this run (reused or fully resumed rollouts): "
+                           "sampling time is unknown")
+    for name, rate in scoring_tokens_per_second.items():
+        if _rate(rate) is None:
+            assumptions.append(f"teacher {name}: scoring throughput was not measured in this run (resumed from "
+                               "saved scores): its time is unknown")
+    return {
+        "plan": plan.to_dict(),
+        "sequences": sequences,
+        "response_tokens": resp,
+        "scored_tokens": scored,
+        "sampling": {"tokens_per_second": s_rate, "seconds": sampling_s,
+                     "hours": {k: _hours(v) for k, v in sampling_s.items()}},
+        "teachers": teachers,
+        "device": device,
+        "backend": backend,
+        "assumptions": assumptions,
+    }
+
+
+def project_results(plan: Plan, results) -> dict:
+    """``project`` with the measurements a ProbeResults (or its dict) recorded."""
+    d = results if isinstance(results, dict) else results.to_dict()
+    ro, env, cfg = d["rollouts"], d.get("environment") or {}, d.get("config") or {}
+    finish = ro.get("finish_reasons") or {}
+    count = max(int(ro.get("count") or 0), 1)
+    gpus = env.get("gpus")
+    device = ", ".join(gpus) if gpus else ("CUDA" if env.get("cuda_available") else "CPU")
+    device += f", torch threads {env['torch_threads']}" if env.get("torch_threads") and not gpus else ""
+    return project(
+        plan,
+        response_length_mean=float(ro.get("response_length_mean") or 0.0),
+        prompt_length_mean=ro.get("prompt_length_mean"),
+        probe_max_new_tokens=int(cfg.get("max_new_tokens") or 0),
+        truncated_share=finish.get("length", 0) / count,
+        sampling_tokens_per_second=ro.get("sampling_tokens_per_second"),
+        scoring_tokens_per_second={p["teacher"]: (p.get("timings") or {}).get("scoring_tokens_per_second")
+                                   for p in d["pairs"]},
+        device=device,
+        backend=str(cfg.get("backend") or "hf"),
+    )
