@@ -131,6 +131,71 @@ def compare(
                           exit_zero=exit_zero, summary_md=summary_md, html=html)
 
 
+@app.command("select-prompts")
+def select_prompts(
+    student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
+    teacher: str = typer.Argument(..., help="Teacher model (same tokenizer as the student)."),
+    pool: Path = typer.Option(..., "--pool", help="Candidate training prompts, JSON Lines: 'prompt' or 'messages' "
+                                                  "per line, any other fields are kept. Streamed: any size."),
+    keep: int = typer.Option(..., "--keep", help="How many prompts to keep."),
+    out: Path = typer.Option(..., "--out", "-o", help="Write the kept records here (JSONL, pool order, each with "
+                                                       "an 'opd_probe' field of scores)."),
+    ood_fraction: float = typer.Option(0.3, "--ood-fraction",
+                                       help="Share of --keep drawn at random from outside the most aligned "
+                                            "prompts, to keep the student's entropy up (docs/recipe.md). "
+                                            "0 = aligned only, 1 = a random sample."),
+    rank_by: str = typer.Option("mass", "--rank-by", help="Alignment score: mass (student overlap mass, default), "
+                                                          "overlap (top-k overlap ratio) or kl (lowest top-k KL)."),
+    probe_samples: int = typer.Option(2, "--probe-samples", help="Student rollouts scored per candidate prompt."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest probe response, in tokens."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (OPD samples at 1.0)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (1.0 = off, as in OPD)."),
+    top_k: int = typer.Option(16, "--top-k", "-k", help="k of the top-k sets (paper default 16)."),
+    seed: int = typer.Option(0, help="Seed for sampling and for the out-of-distribution draw."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Work directory: per-prompt scores (the resume point), "
+                                                             "selection.json, summary.md. Default: next to --out "
+                                                             "(train.jsonl -> train.select/)."),
+    chunk_prompts: int = typer.Option(64, "--chunk-prompts", help="Prompts scored between two saves (the resume "
+                                                                  "granularity)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per sampling call."),
+    score_batch_tokens: int = typer.Option(8192, "--score-batch-tokens",
+                                           help="Tokens (padding included) per scoring forward pass."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed prompts as plain text."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos to run code."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted selection (scored prompts are not "
+                                                        "scored again), or re-select from finished scores with "
+                                                        "another --keep / --ood-fraction / --rank-by."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier selection's --out and --work."),
+    json_out: bool = typer.Option(False, "--json", help="Print selection.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Keep the candidate training prompts the TEACHER is most aligned with at the STUDENT's own states, mixed
+    with out-of-distribution ones (paper section 5.2)."""
+    from .report.console import RichProgress, print_selection
+    from .report.io import dumps
+    from .select_prompts import SelectConfig, run_select
+
+    cfg = SelectConfig(
+        student=student, teacher=teacher, pool=str(pool), out=str(out), keep=keep, work=str(work) if work else "",
+        ood_fraction=ood_fraction, rank_by=rank_by, probe_samples=probe_samples, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, chunk_prompts=chunk_prompts,
+        batch_size=batch_size, score_batch_tokens=score_batch_tokens, chat_template=not no_chat_template,
+        device=device, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,
+    )
+    stdout, stderr = _consoles()
+    with RichProgress(stderr, enabled=not quiet) as progress:
+        doc = run_select(cfg, progress=progress)
+    if json_out:
+        sys.stdout.write(dumps(doc) + "\n")
+    else:
+        print_selection(doc, stdout, stderr)
+        stderr.print(f"[dim]wrote {cfg.out} ({cfg.keep} prompts) and {cfg.work}/selection.json, scores.jsonl, "
+                     "summary.md[/dim]")
+    return EXIT_OK
+
+
 # flag name -> ProbeConfig field, where they differ
 _FLAG_FIELD = {"no_chat_template": "chat_template"}
 _FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level", "backend")
@@ -412,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         code = EXIT_ERROR
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("interrupted: finished work is saved in --out; continue with the same command plus "
+        sys.stderr.write("interrupted: finished work is saved (compare: in --out; select-prompts: in --work); "
+                         "continue with the same command plus "
                          "--resume\n")
         code = EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - any crash is exit 2, never 1

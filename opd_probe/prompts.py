@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -246,3 +247,87 @@ def template_hash(tokenizer: Any) -> str | None:
     if not isinstance(template, str):  # some tokenizers hold several named templates in a dict
         template = json.dumps(template, sort_keys=True)
     return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+
+
+# --- candidate pools (select-prompts): streamed, any size ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    """One record of a candidate pool: where it is, its content digest, and the record as the user wrote it."""
+
+    line: int  # 1-based line number in the file
+    index: int  # 0-based position among the pool's records (blank lines do not count)
+    digest: str  # 16 hex digits of the line's blake2b hash: a resumed selection reuses scores only on a match
+    record: dict  # the parsed JSON object, every field kept, in the file's order
+    prompt: ProbePrompt
+
+
+def _pool_lines(path: Path, sha=None) -> Iterator[tuple[int, bytes]]:
+    if not path.is_file():
+        raise InputError(f"pool file not found: {path}", fix="check the --pool path")
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise InputError(
+            f"{path}: select-prompts reads a pool as JSON Lines (.jsonl), got {path.suffix or 'no extension'!r}",
+            fix="convert the pool to one JSON object per line, e.g. pandas: "
+                "df.to_json('pool.jsonl', orient='records', lines=True)",
+        )
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if sha is not None:
+                sha.update(raw)
+            yield lineno, raw
+
+
+def iter_pool(path: str | Path, sha=None) -> Iterator[PoolRecord]:
+    """Stream a JSONL candidate pool record by record, validating each one (the same record rules as probe
+    prompts, except that ids need not be unique: a pool is addressed by line). Constant memory. ``sha``: a
+    hashlib object fed every byte of the file."""
+    path = Path(path)
+    index = 0
+    for lineno, raw in _pool_lines(path, sha):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: line {lineno}: not valid UTF-8 ({e.reason})", fix="save the file as UTF-8") from e
+        if lineno == 1:
+            text = text.lstrip("\ufeff")
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(
+                f"{path}: line {lineno}: invalid JSON ({e.msg} at column {e.colno})",
+                fix="each line must hold one complete JSON object (JSON Lines); fix or delete that line",
+            ) from e
+        prompt = _parse_record(record, index, f"{path}: line {lineno}", tabular=False)
+        digest = hashlib.blake2b(text.strip().encode("utf-8"), digest_size=8).hexdigest()
+        yield PoolRecord(line=lineno, index=index, digest=digest, record=record, prompt=prompt)
+        index += 1
+
+
+@dataclass(frozen=True)
+class PoolScan:
+    """A validated pool, without its records: count, file hash, and each record's line and digest."""
+
+    path: str
+    count: int
+    sha256: str
+    lines: tuple[int, ...]
+    digests: tuple[str, ...]
+
+
+def scan_pool(path: str | Path) -> PoolScan:
+    """Validate the whole pool in one streaming pass (before any model loads) and fingerprint it."""
+    path = Path(path)
+    sha = hashlib.sha256()
+    lines, digests = [], []
+    for rec in iter_pool(path, sha):
+        lines.append(rec.line)
+        digests.append(rec.digest)
+    if not lines:
+        raise InputError(f"{path}: the pool is empty (no JSON records)",
+                         fix=f"add candidate prompts, one JSON object per line. {_FORMAT_FIX}")
+    return PoolScan(str(path), len(lines), sha.hexdigest(), tuple(lines), tuple(digests))
+

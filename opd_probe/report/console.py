@@ -185,3 +185,59 @@ class RichProgress:
     def log(self, message: str) -> None:
         if self.enabled:
             self._bar.console.print(f"[dim]{escape(message)}[/dim]")
+
+
+# (selection summary key, header, decimals)
+SELECTION_COLUMNS = [
+    ("overlap_ratio", "overlap\nratio", 3),
+    ("overlap_mass_student", "mass\nstud.", 3),
+    ("overlap_mass_teacher", "mass\nteach.", 3),
+    ("topk_reverse_kl", "top-k\nrev. KL", 3),
+    ("entropy_gap", "entropy\ngap", 3),
+    ("student_entropy", "student\nentropy", 3),
+    ("teacher_entropy", "teacher\nentropy", 3),
+]
+RANK_WORDS = {"overlap_mass_student": "student overlap mass", "overlap_ratio": "overlap ratio",
+              "topk_reverse_kl": "top-k reverse KL"}
+
+
+def selection_headline(doc: dict) -> str:
+    s, pool = doc["selection"], doc["pool"]
+    what = RANK_WORDS.get(s["rank_metric"], s["rank_metric"])
+    cut = s.get("aligned_cutoff")
+    cut_text = f" ({'>=' if s['higher_is_aligned'] else '<='} {cut:.4f})" if cut is not None else ""
+    return (f"kept {s['aligned'] + s['ood']} of {pool['scored']} scored pool prompts: {s['aligned']} most "
+            f"teacher-aligned by {what}{cut_text} + {s['ood']} drawn at random from the rest "
+            f"(--ood-fraction {s['ood_fraction']:g})")
+
+
+def selection_deltas(doc: dict) -> str:
+    """How the kept set differs from the pool, in one line."""
+    pool, kept = doc["summary"]["pool"], doc["summary"]["kept"]
+    parts = []
+    for m, label in (("overlap_mass_student", "mass"), ("overlap_ratio", "overlap"),
+                     ("topk_reverse_kl", "top-k KL"), ("student_entropy", "student entropy")):
+        if pool.get(m) is not None and kept.get(m) is not None:
+            parts.append(f"{label} {kept[m] - pool[m]:+.3f}")
+    return "kept minus pool (means over prompts): " + ", ".join(parts)
+
+
+def print_selection(doc: dict, stdout: Console, stderr: Console) -> None:
+    cfg = doc["config"]
+    table = Table(title=f"select-prompts: {escape(cfg['student'])} <- {escape(cfg['teacher'])} · "
+                        f"{doc['pool']['count']} pool prompts × {cfg['probe_samples']} samples · k={cfg['top_k']}",
+                  caption="means over prompts of each prompt's mean over its own states; KL and entropy in nats",
+                  header_style="bold")
+    table.add_column("set")
+    table.add_column("prompts", justify="right")
+    for _, header, _ in SELECTION_COLUMNS:
+        table.add_column(header, justify="right")
+    labels = {"pool": "pool (scored)", "kept": "kept", "aligned": "  aligned", "ood": "  out-of-distribution"}
+    for key, label in labels.items():
+        row = doc["summary"][key]
+        table.add_row(label, str(row["prompts"]), *[_fmt(row.get(m), d) for m, _, d in SELECTION_COLUMNS])
+    stdout.print(table)
+    stdout.print(escape(selection_headline(doc)), highlight=False)
+    stdout.print(escape(selection_deltas(doc)), highlight=False)
+    for w in doc.get("warnings", []):
+        stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")

@@ -27,7 +27,7 @@ from ..errors import InputError, OutputError
 from ..types import ProbeResults, Rollout
 
 OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html",
-             "verify.json", "steps.parquet", "tokens.json", "prompts.jsonl")
+             "verify.json", "steps.parquet", "tokens.json", "prompts.jsonl", "scores.jsonl", "selection.json")
 OWN_DIRS = ("scores",)
 
 
@@ -77,35 +77,36 @@ class OutDir:
         self.path = Path(path).expanduser()
 
     # -------------------------------------------------------------- preparing
-    def prepare(self, config_dict: dict, resume: bool, overwrite: bool, numbers_key) -> None:
-        """Create the directory, or check it may be resumed / overwritten. Writes config.json."""
+    def prepare(self, config_dict: dict, resume: bool, overwrite: bool, numbers_key, flag: str = "--out") -> None:
+        """Create the directory, or check it may be resumed / overwritten. Writes config.json. ``flag``: the option
+        that named the directory, for messages."""
         p = self.path
         if p.exists() and not p.is_dir():
-            raise OutputError(f"--out {p} exists and is not a directory", fix="pass a directory path for --out")
+            raise OutputError(f"{flag} {p} exists and is not a directory", fix=f"pass a directory path for {flag}")
         existing = [c.name for c in p.iterdir()] if p.is_dir() else []
         if resume:
             if not (p / "config.json").exists():
                 raise OutputError(f"--resume: {p} holds no run to resume (no config.json)",
-                                  fix="drop --resume to start a new run there, or point --out at the interrupted run")
+                                  fix=f"drop --resume to start a new run there, or point {flag} at the interrupted run")
             old = json.loads((p / "config.json").read_text())
             if numbers_key(old) != numbers_key(config_dict):
                 diff = sorted(k for k in set(numbers_key(old)) | set(numbers_key(config_dict))
                               if numbers_key(old).get(k) != numbers_key(config_dict).get(k))
                 raise OutputError(
                     f"--resume: the settings differ from the interrupted run in {p}: {', '.join(diff)}",
-                    fix="resume with the same arguments as the original run, or use a new --out",
+                    fix=f"resume with the same arguments as the original run, or use a new {flag}",
                 )
         elif existing:
             if not overwrite:
                 raise OutputError(
-                    f"--out {p} is not empty; refusing to overwrite a previous run",
-                    fix="pass a new --out, --resume to continue an interrupted run there, or --overwrite",
+                    f"{flag} {p} is not empty; refusing to overwrite a previous run",
+                    fix=f"pass a new {flag}, --resume to continue an interrupted run there, or --overwrite",
                 )
             foreign = [n for n in existing if n not in OWN_FILES + OWN_DIRS and not n.startswith(".")]
             if foreign:
                 raise OutputError(
                     f"--overwrite: {p} holds files opd-probe did not write ({', '.join(sorted(foreign)[:5])})",
-                    fix="pick an empty or new --out directory; opd-probe only deletes its own files",
+                    fix=f"pick an empty or new {flag} directory; opd-probe only deletes its own files",
                 )
             for n in existing:
                 target = p / n
@@ -117,8 +118,8 @@ class OutDir:
             p.mkdir(parents=True, exist_ok=True)
             atomic_write_text(p / "config.json", dumps(config_dict))
         except OSError as e:
-            raise OutputError(f"cannot write to --out {p}: {e.strerror or e}",
-                              fix="pass a writable directory for --out") from e
+            raise OutputError(f"cannot write to {flag} {p}: {e.strerror or e}",
+                              fix=f"pass a writable directory for {flag}") from e
 
     # -------------------------------------------------------------- rollouts
     def append_rollouts(self, rollouts: Iterable[Rollout]) -> None:

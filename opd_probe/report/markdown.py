@@ -54,3 +54,32 @@ def summary_markdown(results: ProbeResults) -> str:
         lines += [f"- `{_md(n)}`: {_md(r)}" for n, r in recs]
     lines += ["", "Thresholds are provisional until calibrated on the model zoo; see docs/metrics.md.", ""]
     return "\n".join(lines)
+
+
+def selection_markdown(doc: dict) -> str:
+    """summary.md of a select-prompts run: how the kept set differs from the pool."""
+    from .console import SELECTION_COLUMNS, selection_deltas, selection_headline
+
+    cfg = doc["config"]
+    heads = [h.replace("\n", " ") for _, h, _ in SELECTION_COLUMNS]
+    lines = [
+        "## opd-probe select-prompts",
+        "",
+        f"Student `{_md(cfg['student'])}` ← teacher `{_md(cfg['teacher'])}` · pool `{_md(doc['pool']['source'])}` "
+        f"({doc['pool']['count']} prompts × {cfg['probe_samples']} samples, k={cfg['top_k']}) · "
+        f"opd-probe {doc['tool_version']}",
+        "",
+        _md(selection_headline(doc)) + ".",
+        "",
+        "| set | prompts | " + " | ".join(heads) + " |",
+        "|---|---|" + "---|" * len(heads),
+    ]
+    for key, label in (("pool", "pool (scored)"), ("kept", "kept"), ("aligned", "aligned"),
+                       ("ood", "out-of-distribution")):
+        row = doc["summary"][key]
+        lines.append(f"| {label} | {row['prompts']} | " + " | ".join(_f(row.get(m), d) for m, _, d in SELECTION_COLUMNS)
+                     + " |")
+    lines += ["", _md(selection_deltas(doc)) + ".", ""]
+    lines += [f"- warning: {_md(w)}" for w in doc.get("warnings", [])]
+    lines.append("")
+    return "\n".join(lines)
