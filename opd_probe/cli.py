@@ -94,6 +94,20 @@ def compare(
              "answer accuracy is compared with the student's (needs 'answer' in the prompts; 0 = from the prompt)."),
     grad_norm: bool = typer.Option(False, "--grad-norm",
                                    help="Step-0 gradient norm of the OPD loss (one student backward pass per teacher)."),
+    template: str = typer.Option("student", "--template",
+                                 help="Prompt rendering the teachers score the student's responses under: student "
+                                      "(the student's chat template, as OPD trainers do), teacher (each teacher's "
+                                      "own), or student,teacher to compare both on the same states and get a "
+                                      "recommendation."),
+    plan_steps: Optional[int] = typer.Option(None, "--plan-steps",
+                                             help="Project the sampling and teacher-scoring cost of an OPD run of "
+                                                  "this many steps, from the throughput measured here."),
+    plan_batch: Optional[int] = typer.Option(None, "--plan-batch",
+                                             help="Sequences (prompts x samples) per planned step [default: 256, "
+                                                  "the paper's 64 x 4]."),
+    plan_max_tokens: Optional[int] = typer.Option(None, "--plan-max-tokens",
+                                                  help="Response cap of the planned run [default: 7168, the "
+                                                       "paper's]."),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 if any teacher's verdict is NO-GO."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on CAUTION too (implies --gate)."),
     fail_on: Optional[str] = typer.Option(None, "--fail-on",
@@ -120,7 +134,7 @@ def compare(
         depth_bucket=depth_bucket, chat_template=not no_chat_template, device=device, dtype=dtype,
         trust_remote_code=trust_remote_code, reuse=str(reuse) if reuse else None, resume=resume,
         overwrite=overwrite, continuation_depths=_int_list(continuation_depths, "--continuation-depths"),
-        grad_norm=grad_norm,
+        grad_norm=grad_norm, template=template, **_plan_values(plan_steps, plan_batch, plan_max_tokens),
     )
     table, source = read_config_file(str(config) if config else None)
     file_thresholds, file_fail_on = _apply_config_file(ctx, values, table, source)
@@ -219,8 +233,8 @@ def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tu
         if key in ("thresholds", "fail_on"):
             continue
         if key not in explicit:
-            values[key] = tuple(val) if key == "continuation_depths" else val
-    bad = [k for k, v in table.items() if k not in ("thresholds", "fail_on", "continuation_depths")
+            values[key] = tuple(val) if key in ("continuation_depths", "template") and isinstance(val, list) else val
+    bad = [k for k, v in table.items() if k not in ("thresholds", "fail_on", "continuation_depths", "template")
            and not isinstance(v, (int, float, str, bool))]
     if bad:
         raise InputError(f"{source}: config key(s) {', '.join(bad)} must be plain values",
@@ -236,6 +250,21 @@ def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tu
                              fix='e.g. fail_on = ["no-go", "caution"]')
         _fail_on(",".join(fo), False, False, None)  # validates the names
     return th or {}, fo
+
+
+def _plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
+    """The --plan-* flags as config values; batch and max tokens only mean something with --plan-steps."""
+    from .errors import InputError
+
+    if steps is None and (batch is not None or max_tokens is not None):
+        raise InputError("--plan-batch and --plan-max-tokens need --plan-steps",
+                         fix="add --plan-steps N (the planned OPD run's optimizer steps)")
+    out: dict = {"plan_steps": steps}
+    if batch is not None:
+        out["plan_batch"] = batch
+    if max_tokens is not None:
+        out["plan_max_tokens"] = max_tokens
+    return out
 
 
 def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
@@ -310,19 +339,43 @@ def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=Non
 @app.command()
 def report(
     runs: List[Path] = typer.Argument(..., help="Out directories of finished compare (results.json) or verify "
-                                                "(verify.json) runs; several are shown one after another."),
+                                                "(verify.json) runs, or select-prompts work directories "
+                                                "(selection.json); several are shown one after another."),
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (plots inline, "
                                                              "token-level view) to this file."),
     md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown summary to this file."),
     json_out: bool = typer.Option(False, "--json", help="Print the results document(s) as JSON."),
     max_rollouts: int = typer.Option(5, "--max-rollouts",
                                      help="Rollouts per teacher embedded in the HTML token view (the worst ones)."),
+    plan_steps: Optional[int] = typer.Option(None, "--plan-steps",
+                                             help="Project the cost of an OPD run of this many steps from each "
+                                                  "compare run's measured throughput."),
+    plan_batch: Optional[int] = typer.Option(None, "--plan-batch",
+                                             help="Sequences per planned step [default: 256]."),
+    plan_max_tokens: Optional[int] = typer.Option(None, "--plan-max-tokens",
+                                                  help="Response cap of the planned run [default: 7168]."),
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
     from .report.html import load_runs, report_markdown, write_html
     from .report.io import dumps
 
+    plan = _plan_values(plan_steps, plan_batch, plan_max_tokens)
     loaded = load_runs(runs)
+    if plan["plan_steps"] is not None:
+        from dataclasses import replace
+
+        from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS
+        from .costs import Plan, project_results
+        from .errors import InputError
+
+        try:
+            spec = Plan(steps=plan["plan_steps"], batch=plan.get("plan_batch", DEFAULT_PLAN_BATCH),
+                        max_tokens=plan.get("plan_max_tokens", DEFAULT_PLAN_MAX_TOKENS))
+        except ValueError as e:
+            raise InputError(f"--plan-*: {e}", fix="give positive integers, e.g. --plan-steps 270") from e
+        for r in loaded:
+            if r.kind == "compare":
+                r.results = replace(r.results, plan=project_results(spec, r.results))
     stdout, stderr = _consoles()
     if html is not None:
         size = write_html(loaded, html, max_rollouts=max_rollouts)
@@ -337,12 +390,13 @@ def report(
             raise OutputError(f"--md {md}: {e.strerror or e}", fix="pass a writable file path") from e
         stderr.print(f"[dim]wrote {md}[/dim]")
     if json_out:
-        docs = [r.results.to_dict() if r.kind == "compare" else r.verify for r in loaded]
+        docs = [r.results.to_dict() if r.kind == "compare" else r.selection if r.kind == "select" else r.verify
+                for r in loaded]
         sys.stdout.write(dumps(docs[0] if len(docs) == 1 else docs) + "\n")
     elif html is None and md is None:
         from rich.markup import escape
 
-        from .report.console import print_results, print_verify
+        from .report.console import print_results, print_selection, print_verify
         from .verify import VerifyResult
 
         for r in loaded:
@@ -350,6 +404,8 @@ def report(
                 stdout.rule(escape(f"{r.label} ({r.kind})"))
             if r.kind == "compare":
                 print_results(r.results, stdout, stderr)
+            elif r.kind == "select":
+                print_selection(r.selection, stdout, stderr)
             else:
                 print_verify(VerifyResult.from_dict(r.verify), stdout)
     return EXIT_OK

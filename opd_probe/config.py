@@ -11,6 +11,11 @@ DEFAULT_TOP_K = 16  # paper section 4.2; thunlp/OPD LOG_PROB_TOP_K=16
 DEFAULT_TEMPERATURE = 1.0  # OPD samples the student at T=1 (paper section 3.1, thunlp/OPD rollout settings)
 DEFAULT_SAMPLES = 4  # thunlp/OPD: n=4 responses per prompt
 DEFAULT_DEPTH_BUCKET = 256  # design section 3: response positions [0,256), [256,512), ...
+# Cost plan defaults: the paper's OPD run (paper-digest section 3b): 64 prompts x 4 responses per step, responses
+# up to 7168 tokens.
+DEFAULT_PLAN_BATCH = 256
+DEFAULT_PLAN_MAX_TOKENS = 7168
+TEMPLATE_CHOICES = ("student", "teacher")
 
 
 @dataclass(frozen=True)
@@ -41,14 +46,26 @@ class ProbeConfig:
     overwrite: bool = False
     continuation_depths: tuple[int, ...] = ()  # teacher continues the student's prefixes cut here (needs answers)
     grad_norm: bool = False  # step-0 gradient norm of the OPD loss (one student backward pass per teacher)
+    # Prompt renderings the teachers score the student's responses under: the student's chat template (what OPD
+    # trainers feed the teacher by default) and/or each teacher's own (paper §5.2). Verdicts use the student's
+    # when it is listed.
+    template: tuple[str, ...] = ("student",)
+    # Cost projection of the planned OPD run (costs.py); None = no projection.
+    plan_steps: int | None = None
+    plan_batch: int = DEFAULT_PLAN_BATCH  # sequences (prompts x samples) per step
+    plan_max_tokens: int = DEFAULT_PLAN_MAX_TOKENS
 
     # Fields that may differ between an interrupted run and its --resume without changing any number.
     # (batch_size is not one: sampling batches are seeded per batch, so it changes the samples.)
-    RUNTIME_ONLY = ("resume", "overwrite", "device", "score_batch_tokens")
+    RUNTIME_ONLY = ("resume", "overwrite", "device", "score_batch_tokens", "plan_steps", "plan_batch",
+                    "plan_max_tokens")
 
     def __post_init__(self):
         object.__setattr__(self, "teachers", tuple(self.teachers))
         object.__setattr__(self, "continuation_depths", tuple(int(d) for d in self.continuation_depths))
+        tmpl = [self.template] if isinstance(self.template, str) else list(self.template)
+        tmpl = [t.strip() for item in tmpl for t in str(item).split(",") if t.strip()]
+        object.__setattr__(self, "template", tuple(t for t in TEMPLATE_CHOICES if t in tmpl))
         checks = [
             (self.samples >= 1, "--samples must be at least 1"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
@@ -67,6 +84,11 @@ class ProbeConfig:
             (all(d >= 0 for d in self.continuation_depths), "--continuation-depths must be >= 0"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             (not (self.resume and self.reuse), "--resume and --reuse exclude each other"),
+            (bool(tmpl) and all(t in TEMPLATE_CHOICES for t in tmpl),
+             f"--template takes student, teacher or student,teacher; got {','.join(tmpl) or 'nothing'}"),
+            (self.plan_steps is None or self.plan_steps >= 1, "--plan-steps must be at least 1"),
+            (self.plan_batch >= 1, "--plan-batch must be at least 1"),
+            (self.plan_max_tokens >= 1, "--plan-max-tokens must be at least 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -76,6 +98,7 @@ class ProbeConfig:
         d = asdict(self)
         d["teachers"] = list(self.teachers)
         d["continuation_depths"] = list(self.continuation_depths)
+        d["template"] = list(self.template)
         return d
 
     @classmethod

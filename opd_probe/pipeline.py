@@ -21,7 +21,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from . import __version__, metrics, novelty
+from . import __version__, costs, metrics, novelty, templates
 from .backends import load_backend_model
 from .backends.base import ModelSpec, SamplingSettings, ScoreArrays
 from .config import ProbeConfig
@@ -276,7 +276,12 @@ def _reuse_inputs(cfg: ProbeConfig, out: OutDir) -> tuple[list[Rollout], dict, d
         shutil.copytree(src.scores_dir(STUDENT_SLUG), dst)
     prompts_meta = meta.get("prompts") or {"source": old.get("prompts")}
     prompts_meta = {**prompts_meta, "reused_from": str(src.path), "samples_per_prompt": old["samples"]}
-    return rollouts, meta.get("student", {"path": cfg.student}), prompts_meta
+    old_ro = meta.get("rollouts") or {}
+    sample_timing = {"reused": True}
+    if old_ro.get("sampling_tokens_per_second"):  # for cost projections: the rate the reused run measured
+        sample_timing.update(sampling_tokens_per_second=old_ro["sampling_tokens_per_second"],
+                             sampling_measured_in=str(src.path))
+    return rollouts, meta.get("student", {"path": cfg.student}), prompts_meta, sample_timing
 
 
 def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Thresholds | None = None,
@@ -300,8 +305,10 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     warnings: list[str] = []
 
     if cfg.reuse is not None:
-        rollouts, student_info, prompts_meta = _reuse_inputs(cfg, out)
-        answers = _reused_answers(cfg.reuse)
+        rollouts, student_info, prompts_meta, sample_timing = _reuse_inputs(cfg, out)
+        prompts = _reused_prompts(cfg.reuse)
+        answers = {p.index: p.answer for p in prompts if p.answer is not None}
+        teacher_views = teacher_renderings(cfg, prompts)
         from transformers import AutoTokenizer
 
         try:
@@ -313,8 +320,8 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             raise ModelLoadError(f"could not load the student tokenizer from {cfg.student!r}: {e}",
                                  fix="--reuse needs the student's folder for the vocabulary check") from e
         student_scores, _ = score_rollouts(None, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
-        sample_timing = {"reused": True}
     else:
+        teacher_views = teacher_renderings(cfg, prompts)  # before sampling: a teacher without a template fails fast
         progress.log(f"loading student {cfg.student}")
         t0 = time.perf_counter()
         student = load_backend_model(cfg.backend, _spec(cfg.student, cfg), role="student")
@@ -359,9 +366,12 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         load_s = time.perf_counter() - t0
         pair_warnings = check_vocab(student_vocab, teacher.vocab(), name)
         check_top_k(teacher, cfg.top_k, "teacher")
-        check_teacher_context(teacher, rollouts, name)
-        t_scores, t_timing = score_rollouts(teacher, rollouts, cfg.top_k, slug, out, cfg, progress,
-                                            query=student_query)
+        by_template, pair_templates = _score_templates(cfg, teacher, name, slug, rollouts, teacher_views.get(name),
+                                                       student_tok, out, progress, student_query)
+        primary = templates.primary_template(cfg.template)
+        t_scores, t_timing = by_template[primary]
+        if primary != "student":
+            t_timing = {**t_timing, "template": primary}
         pair_novelty: dict = {}
         if cfg.continuation_depths:
             progress.log(f"continuation gain of {name} at depths {list(cfg.continuation_depths)}")
@@ -380,6 +390,16 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         )
         agg = metrics.aggregate(states, prompt_N, depth_N, n_prompts, edges, n_boot=cfg.n_boot,
                                 seed=cfg.seed, level=cfg.ci_level)
+        if "teacher" in by_template and "student" in by_template:
+            other_scores, other_timing = by_template["teacher"]
+            other_states = metrics.per_state_metrics(
+                student_scores.topk_ids_LK, student_scores.topk_logprobs_LK, student_scores.entropy_L,
+                student_scores.sampled_logprob_L, other_scores.topk_ids_LK, other_scores.topk_logprobs_LK,
+                other_scores.entropy_L, other_scores.query_logprobs_LQ, other_scores.sampled_logprob_L,
+            )
+            pair_templates.update(templates.compare_renderings(states, other_states, prompt_N, n_prompts,
+                                                               n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.ci_level))
+            t_timing = {**t_timing, **{f"teacher_template_{k}": v for k, v in other_timing.items()}}
         per_prompt = {}
         for pi in sorted(prompt_pos):
             row = {m: (None if np.isnan(v[pi]) else float(v[pi])) for m, v in agg["per_prompt"].items()}
@@ -387,8 +407,9 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             per_prompt[prompt_ids[pi]] = row
         pairs.append(PairResult(
             teacher=name, slug=slug, model=info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
-            per_prompt=per_prompt, timings={"load_seconds": load_s, **t_timing}, warnings=tuple(pair_warnings),
-            novelty=pair_novelty,
+            per_prompt=per_prompt, timings={"load_seconds": load_s, **t_timing},
+            warnings=tuple(pair_warnings) + tuple(pair_templates.pop("warnings", ())),
+            novelty=pair_novelty, templates=pair_templates,
         ))
         frame = pd.DataFrame({
             "teacher": name,
@@ -414,6 +435,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         "states": int(lengths.sum()),
         "response_length_mean": float(lengths.mean()),
         "response_length_max": int(lengths.max()),
+        "prompt_length_mean": float(np.mean([len(r.prompt_token_ids) for r in rollouts])),
         "finish_reasons": {k: finish.count(k) for k in sorted(set(finish))},
         "with_answers": int(np.isfinite(correct).sum()) if correct is not None else 0,
         "student_accuracy": float(np.nanmean(correct)) if correct is not None else None,
@@ -431,6 +453,9 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         timings=timings, warnings=tuple(warnings), thresholds=thresholds.to_dict(), distinguishability=dist,
         gate=gate_outcome(pairs, fail_on),
     )
+    if cfg.plan_steps is not None:
+        plan = costs.Plan(steps=cfg.plan_steps, batch=cfg.plan_batch, max_tokens=cfg.plan_max_tokens)
+        results = replace(results, plan=costs.project_results(plan, results))
     out.write_parquet("states.parquet", pd.concat(frames, ignore_index=True))
     out.write_tokens(token_strings(student_tok, rollouts, [student_scores.topk_ids_LK] +
                                    [ids for ids, _ in teacher_arrays.values()]))
@@ -472,7 +497,8 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
         depth = [(b["start"], b["n_states"], b["metrics"]["overlap_ratio"].mean) for b in p.depth]
         v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
                    continuation=p.novelty.get("continuation"), indistinguishable_from=same.get(p.teacher),
-                   template_differs=template_differs.get(p.teacher, False))
+                   template_differs=template_differs.get(p.teacher, False),
+                   template_choice=p.templates if "recommended" in p.templates else None)
         out.append(replace(p, verdict=v.to_dict()))
     return out
 
@@ -495,13 +521,110 @@ def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[R
     return out
 
 
-def _reused_answers(reuse_dir: str) -> dict[int, str]:
-    """Reference answers of a reused run's prompts (its prompts.jsonl, else its prompt file if still there)."""
+def _reused_prompts(reuse_dir: str) -> list[ProbePrompt]:
+    """A reused run's prompts (its prompts.jsonl, else its prompt file if still there; [] if neither)."""
     own = Path(reuse_dir) / "prompts.jsonl"
     if own.exists():
-        prompts = [ProbePrompt.from_dict(json.loads(line)) for line in own.read_text().splitlines() if line]
-        return {p.index: p.answer for p in prompts if p.answer is not None}
+        return [ProbePrompt.from_dict(json.loads(line)) for line in own.read_text().splitlines() if line]
     old = json.loads((Path(reuse_dir) / "config.json").read_text())
     if not old.get("prompts") or not Path(old["prompts"]).exists():
+        return []
+    return load_prompts(old["prompts"], limit=old.get("limit"))
+
+
+# ---------------------------------------------------------------------------------------------------- templates
+TEACHER_TEMPLATE_SUFFIX = "-teacher-template"  # scores/<slug><suffix>: a teacher's scores under its own template
+
+
+def teacher_renderings(cfg: ProbeConfig, prompts: list[ProbePrompt]) -> dict[str, dict]:
+    """With ``--template`` listing ``teacher``: each teacher's own rendering of every probe prompt (token ids by
+    prompt index), from its tokenizer alone, so a teacher without a chat template fails before any sampling."""
+    if "teacher" not in cfg.template:
         return {}
-    return {p.index: p.answer for p in load_prompts(old["prompts"], limit=old.get("limit")) if p.answer is not None}
+    from transformers import AutoTokenizer
+
+    from .prompts import render_prompt_ids
+    from .zoo import resolve
+
+    if not prompts:
+        raise InputError("--template teacher needs the probe prompts, and the reused run has no prompts.jsonl",
+                         fix="reuse a run made by this opd-probe version, or drop --template teacher")
+    views = {}
+    for name in cfg.teachers:
+        try:
+            tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=cfg.trust_remote_code)
+        except Exception as e:  # noqa: BLE001 - transformers raises many types here
+            raise ModelLoadError(f"could not load the tokenizer of teacher {name!r}: {str(e).splitlines()[0]}",
+                                 fix="check the path or hub id (a model folder needs its tokenizer files)") from e
+        if not getattr(tok, "chat_template", None):
+            if templates.primary_template(cfg.template) == "teacher":
+                raise InputError(
+                    f"--template teacher: teacher {name} has no chat template, so its own rendering of the prompts "
+                    "does not exist",
+                    fix="use --template student (the student's rendering, what OPD trainers feed the teacher), or "
+                        "set a chat_template in the teacher's tokenizer_config.json")
+            views[name] = {"missing": f"teacher {name} has no chat template: it was scored with the student's "
+                                      "rendering only"}
+            continue
+        ids = {p.index: render_prompt_ids(tok, p, use_chat_template=True) for p in prompts}
+        views[name] = {"tokenizer": tok, "ids": ids, "prompts": {p.index: p for p in prompts}}
+    return views
+
+
+def _score_templates(cfg: ProbeConfig, teacher, name: str, slug: str, rollouts: list[Rollout], view: dict | None,
+                     student_tok, out: OutDir, progress: Progress, query: list[np.ndarray]) -> tuple[dict, dict]:
+    """Score the rollouts with ``teacher`` under each rendering of ``cfg.template``: the student's prompt ids as
+    sampled, and/or the teacher's own rendering with the same response ids. Returns ({template: (ScoreArrays,
+    timing)}, the pair's ``templates`` record without the comparison numbers)."""
+    by_template: dict[str, tuple] = {}
+    info: dict = {}
+    if "student" in cfg.template:
+        check_teacher_context(teacher, rollouts, name)
+        by_template["student"] = score_rollouts(teacher, rollouts, cfg.top_k, slug, out, cfg, progress, query=query)
+    if "teacher" not in cfg.template:
+        return by_template, info
+    info = {"compared": list(cfg.template), "primary": templates.primary_template(cfg.template)}
+    if view is None or "missing" in view:
+        note = (view or {}).get("missing", f"teacher {name}: no rendering with its own template")
+        return by_template, {**info, "unavailable": note, "warnings": [note]}
+    tok = view["tokenizer"]
+    own = [replace(r, prompt_token_ids=tuple(view["ids"][r.prompt_index])) for r in rollouts]
+    differing = sorted({r.prompt_index for r, o in zip(rollouts, own) if r.prompt_token_ids != o.prompt_token_ids})
+    first = rollouts[0]
+    example = view["prompts"][first.prompt_index]
+    student_text = tok.decode(list(first.prompt_token_ids), skip_special_tokens=False)
+    teacher_text = tok.decode(list(view["ids"][first.prompt_index]), skip_special_tokens=False)
+    user_text = next((m["content"] for m in reversed(example.as_messages()) if m["role"] == "user"), "")
+    specials = sorted(set(getattr(tok, "all_special_tokens", [])) | set(tok.get_added_vocab()))
+    info.update({
+        "prompts_differing": len(differing), "prompts": len({r.prompt_index for r in rollouts}),
+        "student_template_hash": _hash(getattr(student_tok, "chat_template", None)) if cfg.chat_template else None,
+        "teacher_template_hash": _hash(tok.chat_template),
+        "student_rendering": "chat template" if cfg.chat_template else "plain text (--no-chat-template)",
+        "example": {"prompt_id": first.prompt_id, "student": student_text, "teacher": teacher_text},
+        "differences": templates.describe_differences(
+            student_text, teacher_text, user_text=user_text, special_tokens=specials,
+            student_source=getattr(student_tok, "chat_template", None) if cfg.chat_template else None,
+            teacher_source=tok.chat_template),
+        "diff": templates.line_diff(student_text, teacher_text),
+    })
+    if not differing and "student" in by_template:
+        # the same token ids: the teacher's scores are the ones just computed, no second pass
+        info["identical"] = True
+        by_template["teacher"] = (by_template["student"][0], {"scoring_seconds": 0.0, "identical_rendering": True})
+        return by_template, info
+    info["identical"] = not differing
+    check_teacher_context(teacher, own, name)
+    tt_slug = slug + TEACHER_TEMPLATE_SUFFIX if "student" in cfg.template else slug
+    by_template["teacher"] = score_rollouts(teacher, own, cfg.top_k, tt_slug, out, cfg, progress, query=query)
+    if tt_slug != slug:
+        info["scores_dir"] = f"scores/{tt_slug}"
+    return by_template, info
+
+
+def _hash(template) -> str | None:
+    """The chat-template fingerprint the backends record (sha256 of the template string, 16 hex digits)."""
+    if not template:
+        return None
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

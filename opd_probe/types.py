@@ -95,6 +95,8 @@ class PairResult:
     warnings: tuple[str, ...] = ()
     verdict: dict[str, Any] | None = None  # verdict.Verdict.to_dict()
     novelty: dict[str, Any] = field(default_factory=dict)  # continuation gains, step-0 grad norm
+    # compare --template: the student's vs the teacher's own chat template at the same states (templates.py)
+    templates: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +114,7 @@ class PairResult:
             "warnings": list(self.warnings),
             "verdict": self.verdict,
             "novelty": self.novelty,
+            "templates": self.templates,
         }
 
     @classmethod
@@ -133,6 +136,7 @@ class PairResult:
             warnings=tuple(d.get("warnings", ())),
             verdict=d.get("verdict"),
             novelty=d.get("novelty", {}),
+            templates=d.get("templates", {}),
         )
 
 
@@ -154,6 +158,7 @@ class ProbeResults:
     thresholds: dict[str, Any] = field(default_factory=dict)  # the values that decided the verdicts
     distinguishability: dict[str, Any] | None = None  # teacher x teacher overlap and KL at student states
     gate: dict[str, Any] | None = None  # {"fail_on", "passed", "tripped_by"} when a gate was asked for
+    plan: dict[str, Any] | None = None  # cost projection of a planned OPD run (costs.project), with --plan-steps
     schema_version: int = SCHEMA_VERSION
 
     def pair(self, teacher: str) -> PairResult:
@@ -179,6 +184,7 @@ class ProbeResults:
             "thresholds": self.thresholds,
             "distinguishability": self.distinguishability,
             "gate": self.gate,
+            "plan": self.plan,
         }
 
     @classmethod
@@ -201,4 +207,5 @@ class ProbeResults:
             thresholds=d.get("thresholds", {}),
             distinguishability=d.get("distinguishability"),
             gate=d.get("gate"),
+            plan=d.get("plan"),
         )

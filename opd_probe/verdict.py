@@ -75,6 +75,7 @@ def decide(
     continuation: list[dict] | None = None,
     indistinguishable_from: list[str] | None = None,
     template_differs: bool = False,
+    template_choice: dict | None = None,
 ) -> Verdict:
     """Verdict for one teacher.
 
@@ -82,7 +83,9 @@ def decide(
     among candidates without a pattern mismatch (None with a single teacher). ``depth_overlap``: (start, n_states,
     overlap ratio) per depth bucket. ``continuation``: [{"depth", "gain", "se", "n", ...}] when prompts carry
     answers and continuation depths were probed. ``indistinguishable_from``: other teachers that look the same
-    from the student's states.
+    from the student's states. ``template_choice``: the measured comparison of the student's and the teacher's
+    own template (templates.compare_renderings: "recommended", "decided_by", "reason"), which replaces the
+    generic template advice.
     """
     reasons: list[Reason] = []
     recs: list[str] = []
@@ -185,7 +188,18 @@ def decide(
         reasons.append(Reason("template-mismatch", "info", "chat_template_hash", None, None, "!=",
                               "the teacher's chat template differs from the student's; it scored prompts rendered "
                               "with the student's template, as OPD trainers do"))
-        recs.append("try OPD prompts rendered with the teacher's own template (paper §5.2: recovery ~80% -> ~85%)")
+        if template_choice is None:
+            recs.append("try OPD prompts rendered with the teacher's own template (paper §5.2: recovery ~80% -> "
+                        "~85%); measure it first: opd-probe compare ... --template student,teacher")
+    if template_choice is not None:
+        if template_choice.get("recommended") == "teacher":
+            recs.append(f"have the teacher score prompts rendered with its own chat template: "
+                        f"{template_choice['reason']}")
+        elif template_choice.get("decided_by"):
+            recs.append(f"keep the student's template for the teacher's prompts: {template_choice['reason']}")
+        else:
+            recs.append("the teacher's own template made no measurable difference at the student's states: keep "
+                        "the student's template")
 
     status = max((r.severity for r in reasons), key=SEVERITY.__getitem__, default="go")
     status = "go" if status == "info" else status

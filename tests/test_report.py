@@ -324,7 +324,7 @@ def test_report_on_a_missing_dir(tmp_path):
 
 
 def test_report_on_a_dir_without_results(tmp_path):
-    _assert_exit_2(cli("report", tmp_path), "no results.json or verify.json")
+    _assert_exit_2(cli("report", tmp_path), "no results.json, verify.json or selection.json")
     (tmp_path / "config.json").write_text("{}")
     _assert_exit_2(cli("report", tmp_path, "--html", tmp_path / "r.html"), "did not finish")
 
@@ -334,10 +334,15 @@ def test_report_on_a_dir_without_results(tmp_path):
     ("results.json", json.dumps({"schema_version": 1})),
     ("verify.json", "[1, 2"),
     ("verify.json", json.dumps({"kind": "verify", "steps": []})),
+    ("selection.json", "{torn"),
+    ("selection.json", json.dumps({"kind": "select", "config": {}})),
 ])
 def test_report_on_a_corrupt_file(runs, tmp_path, name, content):
     copy = tmp_path / "copy"
-    shutil.copytree(runs.compare if name == "results.json" else runs.verify, copy)
+    if name == "selection.json":  # a select-prompts work directory holds no results.json / verify.json
+        copy.mkdir()
+    else:
+        shutil.copytree(runs.compare if name == "results.json" else runs.verify, copy)
     (copy / name).write_text(content)
     _assert_exit_2(cli("report", copy, "--html", tmp_path / "r.html"), name)
     _assert_exit_2(cli("report", copy), name)

@@ -248,3 +248,17 @@ def test_help_lists_the_options():
     assert run.code == 0
     for flag in ("--pool", "--keep", "--ood-fraction", "--probe-samples", "--rank-by", "--resume", "--work"):
         assert flag in run.out
+
+
+def test_report_shows_a_selection(base, tmp_path):
+    _, d, _ = base
+    w = d / "train.select"
+    con = cli("report", w)
+    assert con.code == 0, con.err
+    assert "kept minus pool" in con.out and "drawn at random from the rest" in con.out
+    r = cli("report", w, "--html", tmp_path / "r.html", "--md", tmp_path / "r.md")
+    assert r.code == 0, r.err
+    page = (tmp_path / "r.html").read_text()
+    assert "select-prompts run" in page and "Per-prompt alignment" in page and "data:image/png;base64," in page
+    assert "| kept | 8 |" in (tmp_path / "r.md").read_text()
+    assert json.loads(cli("report", w, "--json").out)["kind"] == "select"

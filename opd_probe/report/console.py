@@ -107,10 +107,141 @@ def verdict_lines(results: ProbeResults) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------------ templates
+TEMPLATE_METRICS = [("overlap_ratio", "overlap ratio", 3), ("overlap_mass_student", "mass (student)", 3),
+                    ("topk_reverse_kl", "top-k rev. KL", 3), ("entropy_gap", "entropy gap", 3)]
+EXAMPLE_CHARS = 600
+
+
+def _sign(x, d=3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{d}f}"
+
+
+def template_summary(t: dict) -> dict:
+    """Display strings of one pair's template comparison (pairs[].templates), shared by every report format."""
+    out: dict = {"unavailable": t.get("unavailable"), "identical": bool(t.get("identical")),
+                 "differences": list(t.get("differences") or []), "diff": list(t.get("diff") or []),
+                 "example": t.get("example"), "rows": [], "delta": [], "recommended": t.get("recommended"),
+                 "reason": t.get("reason"), "primary": t.get("primary"),
+                 "student_rendering": t.get("student_rendering", "chat template")}
+    pooled = t.get("pooled")
+    if pooled:
+        for who in ("student", "teacher"):
+            out["rows"].append((f"{who}'s template", [_fmt((pooled[who].get(m) or {}).get("mean"), d)
+                                                      for m, _, d in TEMPLATE_METRICS]))
+        for m, label, d in TEMPLATE_METRICS:
+            e = (t.get("delta") or {}).get(m) or {}
+            out["delta"].append(f"{label} {_sign(e.get('mean'), d)} [{_sign(e.get('ci_low'), d)}, "
+                                f"{_sign(e.get('ci_high'), d)}]")
+    return out
+
+
+def _clip(text: str, n: int = EXAMPLE_CHARS) -> str:
+    return text if len(text) <= n else text[:n] + f"… ({len(text) - n} more characters in results.json)"
+
+
+def template_lines(results: ProbeResults) -> list[str]:
+    """The template comparison of every teacher that has one (compare --template)."""
+    names = short_names([p.teacher for p in results.pairs])
+    lines = []
+    for p in results.pairs:
+        t = p.templates
+        if not t:
+            continue
+        s = template_summary(t)
+        lines.append(f"[bold]chat templates[/bold] for teacher {escape(names[p.teacher])} (same student states; "
+                     f"the verdict uses the {s['primary']}'s)")
+        if s["unavailable"]:
+            lines.append(f"  {escape(s['unavailable'])}")
+            continue
+        if s["rows"]:
+            head = "  " + " " * 18 + "".join(f"{label:>16}" for _, label, _ in TEMPLATE_METRICS)
+            lines.append(head)
+            for label, cells in s["rows"]:
+                lines.append(f"  {label:<18}" + "".join(f"{c:>16}" for c in cells))
+            lines.append("  teacher minus student: " + ", ".join(s["delta"]))
+            lines.append(f"  -> recommended: the {s['recommended']}'s template ({escape(s['reason'])})")
+        if s["identical"]:
+            lines.append("  both templates render every probe prompt to the same token ids")
+        for d in s["differences"]:
+            lines.append(f"  differs: {escape(d)}")
+        ex = s["example"]
+        if ex and not s["identical"]:
+            for who in ("student", "teacher"):
+                label = f"{who}'s rendering" + (f" ({s['student_rendering']})" if who == "student" else "")
+                lines.append(f"  {label} of prompt {escape(str(ex['prompt_id']))}:")
+                lines.append("[dim]" + escape(_clip(ex[who])).replace("\n", "\n    ").join(["    ", ""]) + "[/dim]")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ cost plan
+def duration(seconds) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def tokens(n) -> str:
+    if n is None:
+        return "–"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def plan_rows(plan: dict) -> list[tuple[str, str, str, str]]:
+    """(what, tokens low–high, measured rate, time low–high) rows of a cost projection."""
+    names = short_names(list(plan["teachers"]))
+    s = plan["sampling"]
+    rows = [("student sampling (response tokens)",
+             f"{tokens(plan['response_tokens']['low'])} – {tokens(plan['response_tokens']['high'])}",
+             f"{s['tokens_per_second']:.1f} tokens/s" if s["tokens_per_second"] else "not measured",
+             f"{duration(s['seconds']['low'])} – {duration(s['seconds']['high'])}")]
+    for name, t in plan["teachers"].items():
+        rows.append((f"teacher {names[name]} scoring (prompt + response)",
+                     f"{tokens(plan['scored_tokens']['low'])} – {tokens(plan['scored_tokens']['high'])}",
+                     f"{t['tokens_per_second']:.1f} tokens/s" if t["tokens_per_second"] else "not measured",
+                     f"{duration(t['seconds']['low'])} – {duration(t['seconds']['high'])}"))
+    return rows
+
+
+def plan_title(plan: dict) -> str:
+    p = plan["plan"]
+    return (f"cost of the planned OPD run: {p['steps']} steps x {p['batch']} sequences, responses up to "
+            f"{p['max_tokens']} tokens, on {plan['device']} ({plan['backend']})")
+
+
+def plan_table(plan: dict) -> Table:
+    table = Table(title=plan_title(plan), header_style="bold",
+                  caption="low: the probe's mean response length; high: every response at the planned cap")
+    for h, j in (("", "left"), ("tokens (low – high)", "right"), ("measured here", "right"),
+                 ("time (low – high)", "right")):
+        table.add_column(h, justify=j)
+    for row in plan_rows(plan):
+        table.add_row(*(escape(c) for c in row))
+    return table
+
+
+def print_plan(plan: dict, stdout: Console) -> None:
+    stdout.print(plan_table(plan))
+    stdout.print("assumptions:", highlight=False)
+    for a in plan["assumptions"]:
+        stdout.print(f"  - {escape(a)}", highlight=False)
+
+
 def print_results(results: ProbeResults, stdout: Console, stderr: Console) -> None:
     stdout.print(ranking_table(results))
     for line in verdict_lines(results):
         stdout.print(line, highlight=False)
+    for line in template_lines(results):
+        stdout.print(line, highlight=False)
+    if results.plan:
+        print_plan(results.plan, stdout)
     for w in results.warnings:
         stderr.print(f"[yellow]warning:[/yellow] {w}")
     for p in results.pairs:

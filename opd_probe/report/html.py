@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError, OutputError
 from ..types import ProbeResults
-from .console import short_names
+from .console import TEMPLATE_METRICS, short_names
 from .io import OutDir, atomic_write_text, load_results
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -39,7 +39,8 @@ TABLE_METRICS = [
     ("sampled_reverse_kl", "sampled rev. KL", 3),
     ("top1_agreement", "top-1 agree ↑", 3),
 ]
-NO_RUN_FIX = "pass the --out directory of a finished `opd-probe compare` (results.json) or `verify` (verify.json) run"
+NO_RUN_FIX = ("pass the --out directory of a finished `opd-probe compare` (results.json) or `verify` (verify.json) run, "
+              "or the --work directory of a `select-prompts` run (selection.json)")
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -48,17 +49,18 @@ class Run:
     """One out directory: a compare run (``results``) or a verify run (``verify``, the verify.json dict)."""
 
     path: Path
-    kind: str  # "compare" | "verify"
+    kind: str  # "compare" | "verify" | "select"
     results: ProbeResults | None = None
     verify: dict | None = None
     label: str = ""
+    selection: dict | None = None  # select-prompts: selection.json
 
 
 def load_run(path: str | Path) -> Run:
     """Load a finished compare or verify out directory; InputError (exit 2, with a fix) when it is not one."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise InputError(f"no results.json or verify.json: {p} does not exist", fix=NO_RUN_FIX)
+        raise InputError(f"no results.json, verify.json or selection.json: {p} does not exist", fix=NO_RUN_FIX)
     if not p.is_dir():
         raise InputError(f"{p} is not a directory", fix=NO_RUN_FIX)
     if (p / "results.json").exists():
@@ -75,9 +77,21 @@ def load_run(path: str | Path) -> Run:
             raise InputError(f"{f} is not a valid opd-probe verify file: {e}",
                              fix="re-run `opd-probe verify`, or point at an intact verify.json") from e
         return Run(p, "verify", verify=d)
-    hint = (" (config.json is there: the run did not finish; continue a compare run with --resume)"
+    if (p / "selection.json").exists():
+        f = p / "selection.json"
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+            if not isinstance(d, dict) or d.get("kind") != "select":
+                raise ValueError("not a selection document")
+            for key in ("config", "pool", "selection", "summary"):
+                d[key]  # noqa: B018 - KeyError below names the missing key
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise InputError(f"{f} is not a valid opd-probe selection file: {e}",
+                             fix="re-run `opd-probe select-prompts ... --resume` to rewrite it") from e
+        return Run(p, "select", selection=d)
+    hint = (" (config.json is there: the run did not finish; continue it with --resume)"
             if (p / "config.json").exists() else "")
-    raise InputError(f"no results.json or verify.json in {p}{hint}", fix=NO_RUN_FIX)
+    raise InputError(f"no results.json, verify.json or selection.json in {p}{hint}", fix=NO_RUN_FIX)
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -492,6 +506,17 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
                      "src": _img(plots.distinguishability([names.get(t, t) for t in dist["teachers"]],
                                                           dist["overlap"], dist["kl"]))})
 
+    from .console import plan_rows, plan_title, template_summary
+
+    template_blocks = []
+    for p in order:
+        if p.templates:
+            template_blocks.append({"name": names[p.teacher], "full": p.teacher, **template_summary(p.templates),
+                                    "headers": [label for _, label, _ in TEMPLATE_METRICS]})
+    plan = None
+    if r.plan:
+        plan = {"title": plan_title(r.plan), "rows": plan_rows(r.plan), "assumptions": r.plan["assumptions"]}
+
     env = r.environment
     ro = r.rollouts
     token_views = [views[n] for n in r.ranking if n in views]
@@ -515,7 +540,64 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
         "headers": [h for _, h, _ in TABLE_METRICS], "ci_level": int(float(r.config.get("ci_level", 0.95)) * 100),
         "rows": rows, "cards": cards, "gate": r.gate, "warnings": list(r.warnings), "hurt": hurt, "figs": figs,
         "token_views": token_views, "data": data, "notes": notes, "max_rollouts": max_rollouts,
-        "thresholds": r.thresholds,
+        "thresholds": r.thresholds, "templates": template_blocks, "plan": plan,
+    }
+
+
+def _selection_section(run: Run, idx: int) -> dict:
+    from . import plots
+    from .console import SELECTION_COLUMNS, selection_deltas, selection_headline
+
+    d = run.selection
+    cfg, sel = d["config"], d["selection"]
+    key = f"run{idx}"
+    labels = {"pool": "pool (scored)", "kept": "kept", "aligned": "aligned", "ood": "out-of-distribution"}
+    rows = [{"label": label, "prompts": d["summary"][k]["prompts"],
+             "cells": [fmt(d["summary"][k].get(m), dd) for m, _, dd in SELECTION_COLUMNS]}
+            for k, label in labels.items()]
+    figs, notes = [], []
+    scores_file = run.path / "scores.jsonl"
+    if scores_file.is_file():
+        from ..select_prompts import read_scores
+
+        metric = sel["rank_metric"]
+        scores = read_scores(scores_file)
+        kept = {}
+        out = Path(sel.get("out") or "")
+        if out.is_file():
+            try:
+                for line in out.read_text(encoding="utf-8").splitlines():
+                    rec = json.loads(line).get("opd_probe") or {}
+                    kept[int(rec["line"])] = rec["group"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                kept = {}
+        if kept:
+            by_group = {g: [s.get(metric) for s in scores.values() if kept.get(s.get("line")) == g]
+                        for g in ("aligned", "ood")}
+            figs.append({"id": f"{key}-fig-select", "title": "Per-prompt alignment: pool and kept prompts",
+                         "caption": f"Each pool prompt's mean {metric} over its own states. The kept prompts are "
+                                    f"the aligned top ({'right' if sel.get('higher_is_aligned', True) else 'left'} "
+                                    "of the dashed cut-off) plus the out-of-distribution draw from the rest.",
+                         "src": _img(plots.selection_distribution(
+                             [s.get(metric) for s in scores.values()], by_group["aligned"], by_group["ood"],
+                             metric, sel.get("aligned_cutoff")))})
+        else:
+            notes.append(f"the kept file {out} is not there (or not readable): no per-prompt plot.")
+    else:
+        notes.append("scores.jsonl is missing: no per-prompt plot.")
+    env = d.get("environment") or {}
+    return {
+        "kind": "select", "key": key, "label": run.label, "path": str(run.path),
+        "student": cfg.get("student"), "teacher": cfg.get("teacher"), "pool": d["pool"].get("source"),
+        "pool_sha": (d["pool"].get("sha256") or "")[:12], "out": sel.get("out"),
+        "n_pool": d["pool"].get("count"), "scored": d["pool"].get("scored"), "skipped": d["pool"].get("skipped"),
+        "samples": cfg.get("probe_samples"), "k": cfg.get("top_k"), "max_new_tokens": cfg.get("max_new_tokens"),
+        "headline": selection_headline(d), "deltas": selection_deltas(d),
+        "headers": [h.replace("\n", " ") for _, h, _ in SELECTION_COLUMNS], "rows": rows, "figs": figs,
+        "notes": notes, "warnings": list(d.get("warnings", [])), "created_at": d.get("created_at", ""),
+        "tool_version": d.get("tool_version", "?"),
+        "versions": ", ".join(f"{k_} {env[k_]}" for k_ in ("python", "torch", "transformers", "numpy", "pandas")
+                              if env.get(k_)),
     }
 
 
@@ -595,13 +677,17 @@ def render_html(runs: Sequence[Run], max_rollouts: int = DEFAULT_MAX_ROLLOUTS) -
     if max_rollouts < 0:
         raise InputError(f"--max-rollouts must be >= 0 (got {max_rollouts})", fix="e.g. --max-rollouts 5; 0 = no "
                                                                                     "token view")
-    sections = [(_compare_section(r, i, max_rollouts) if r.kind == "compare" else _verify_section(r, i))
+    sections = [(_compare_section(r, i, max_rollouts) if r.kind == "compare" else
+                 _selection_section(r, i) if r.kind == "select" else _verify_section(r, i))
                 for i, r in enumerate(runs)]
     overview = []
     for s in sections:
         if s["kind"] == "compare":
             overview.append({"label": s["label"], "key": s["key"], "kind": "compare", "what": s["student"],
                              "entries": [(row["name"], row["status"]) for row in s["rows"]]})
+        elif s["kind"] == "select":
+            overview.append({"label": s["label"], "key": s["key"], "kind": "select-prompts",
+                             "what": f"{s['student']} ← {s['teacher']}", "entries": [(s["headline"], "other")]})
         else:
             overview.append({"label": s["label"], "key": s["key"], "kind": "verify",
                              "what": f"{s['student']} ← {s['teacher']}",
@@ -656,8 +742,11 @@ def report_markdown(runs: Sequence[Run]) -> str:
     from .markdown import summary_markdown
 
     parts = []
+    from .markdown import selection_markdown
+
     for r in runs:
-        body = summary_markdown(r.results) if r.kind == "compare" else verify_markdown(r)
+        body = (summary_markdown(r.results) if r.kind == "compare" else
+                selection_markdown(r.selection) if r.kind == "select" else verify_markdown(r))
         if len(runs) > 1:
             body = f"**Run `{_md(r.label)}`**\n\n" + body
         parts.append(body)

@@ -52,8 +52,58 @@ def summary_markdown(results: ProbeResults) -> str:
     if recs:
         lines += ["", "### Recommendations", ""]
         lines += [f"- `{_md(n)}`: {_md(r)}" for n, r in recs]
+    lines += template_markdown(results)
+    if results.plan:
+        lines += plan_markdown(results.plan)
     lines += ["", "Thresholds are provisional until calibrated on the model zoo; see docs/metrics.md.", ""]
     return "\n".join(lines)
+
+
+def _code_block(text: str) -> list[str]:
+    fence = "~~~~" if "```" in text else "```"
+    return [fence + "text", text.rstrip("\n"), fence]
+
+
+def template_markdown(results: ProbeResults) -> list[str]:
+    """The student's vs the teacher's own template, per teacher that was compared (compare --template)."""
+    from .console import TEMPLATE_METRICS, template_summary
+
+    names = short_names([p.teacher for p in results.pairs])
+    out: list[str] = []
+    for p in results.pairs:
+        if not p.templates:
+            continue
+        s = template_summary(p.templates)
+        out += ["", f"### Chat templates: `{_md(names[p.teacher])}`", ""]
+        if s["unavailable"]:
+            out += [_md(s["unavailable"])]
+            continue
+        if s["rows"]:
+            out += ["| rendering | " + " | ".join(label for _, label, _ in TEMPLATE_METRICS) + " |",
+                    "|---|" + "---|" * len(TEMPLATE_METRICS)]
+            out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in s["rows"]]
+            out += ["", f"Teacher minus student rendering (same states): {_md('; '.join(s['delta']))}.", "",
+                    f"**Recommended: the {s['recommended']}'s template.** {_md(s['reason'])}."]
+        if s["identical"]:
+            out += ["", "Both templates render every probe prompt to the same token ids."]
+        if s["differences"]:
+            out += [""] + [f"- {_md(d)}" for d in s["differences"]]
+        ex = s["example"]
+        if ex and not s["identical"]:
+            out += ["", f"Prompt `{_md(ex['prompt_id'])}` rendered by the student's template "
+                        f"({_md(s['student_rendering'])}):", ""] + _code_block(ex["student"])
+            out += ["", "and by the teacher's template:", ""] + _code_block(ex["teacher"])
+    return out
+
+
+def plan_markdown(plan: dict) -> list[str]:
+    from .console import plan_rows, plan_title
+
+    out = ["", "### Cost of the planned OPD run", "", _md(plan_title(plan)) + ".", "",
+           "| | tokens (low – high) | measured here | time (low – high) |", "|---|---|---|---|"]
+    out += [f"| {' | '.join(_md(c) for c in row)} |" for row in plan_rows(plan)]
+    out += ["", "Assumptions:", ""] + [f"- {_md(a)}" for a in plan["assumptions"]]
+    return out
 
 
 def selection_markdown(doc: dict) -> str:

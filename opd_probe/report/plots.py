@@ -207,3 +207,26 @@ def verify_accuracy(evals: Sequence[dict[str, Any]], teacher: dict | None) -> by
     _style(ax)
     ax.legend(fontsize=8, frameon=False)
     return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------------ select-prompts
+def selection_distribution(pool, aligned, ood, label: str, cutoff: float | None) -> bytes:
+    """Histogram (prompt counts) of the per-prompt alignment score: the whole scored pool, and the kept prompts
+    split into the aligned top and the out-of-distribution draw; the aligned cut-off as a dashed line."""
+    fig = _figure(7.5, 3.2)
+    ax = fig.add_subplot()
+    pool = np.asarray([x for x in pool if x is not None and math.isfinite(x)], dtype=float)
+    lo, hi = (float(pool.min()), float(pool.max())) if len(pool) else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 31)
+    ax.hist(pool, bins=edges, color="#bbbbbb", label=f"pool ({len(pool)})")
+    parts = [(np.asarray(aligned, dtype=float), color(0), "kept: aligned"),
+             (np.asarray(ood, dtype=float), color(1), "kept: out-of-distribution")]
+    ax.hist([p for p, _, _ in parts], bins=edges, color=[c for _, c, _ in parts], stacked=True,
+            label=[f"{n} ({len(p)})" for p, _, n in parts])
+    if cutoff is not None and math.isfinite(cutoff):
+        ax.axvline(cutoff, color="#222222", linestyle="--", linewidth=1, label="aligned cut-off")
+    ax.set_xlabel(f"per-prompt {label}", fontsize=9)
+    ax.set_ylabel("prompts", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    return _png(fig)
