@@ -54,6 +54,7 @@ def project(
     scoring_tokens_per_second: dict[str, float | None],
     device: str,
     backend: str = "hf",
+    notes: tuple[str, ...] = (),
 ) -> dict:
     """The cost projection as a JSON-ready dict.
 
@@ -102,6 +103,7 @@ def project(
         if _rate(rate) is None:
             assumptions.append(f"teacher {name}: scoring throughput was not measured in this run (resumed from "
                                "saved scores): its time is unknown")
+    assumptions += list(notes)
     return {
         "plan": plan.to_dict(),
         "sequences": sequences,
@@ -129,11 +131,13 @@ def project_results(plan: Plan, results) -> dict:
         plan,
         response_length_mean=float(ro.get("response_length_mean") or 0.0),
         prompt_length_mean=ro.get("prompt_length_mean"),
-        probe_max_new_tokens=int(cfg.get("max_new_tokens") or 0),
+        probe_max_new_tokens=int(ro.get("max_new_tokens") or cfg.get("max_new_tokens") or 0),
         truncated_share=finish.get("length", 0) / count,
         sampling_tokens_per_second=ro.get("sampling_tokens_per_second"),
         scoring_tokens_per_second={p["teacher"]: (p.get("timings") or {}).get("scoring_tokens_per_second")
                                    for p in d["pairs"]},
         device=device,
         backend=str(cfg.get("backend") or "hf"),
+        notes=(f"sampling rate as measured by the run whose rollouts were reused ({ro['sampling_measured_in']})",)
+        if ro.get("sampling_measured_in") else (),
     )

@@ -277,7 +277,7 @@ def _reuse_inputs(cfg: ProbeConfig, out: OutDir) -> tuple[list[Rollout], dict, d
     prompts_meta = meta.get("prompts") or {"source": old.get("prompts")}
     prompts_meta = {**prompts_meta, "reused_from": str(src.path), "samples_per_prompt": old["samples"]}
     old_ro = meta.get("rollouts") or {}
-    sample_timing = {"reused": True}
+    sample_timing = {"reused": True, "max_new_tokens": old.get("max_new_tokens")}
     if old_ro.get("sampling_tokens_per_second"):  # for cost projections: the rate the reused run measured
         sample_timing.update(sampling_tokens_per_second=old_ro["sampling_tokens_per_second"],
                              sampling_measured_in=str(src.path))
@@ -330,6 +330,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         rendered = [student.render(p, cfg.chat_template) for p in prompts]
         check_student_context(student, prompts, rendered, cfg)
         rollouts, sample_timing = sample_rollouts(student, prompts, rendered, cfg, out, progress)
+        sample_timing["max_new_tokens"] = cfg.max_new_tokens
         student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
         sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
         student_info, student_vocab, student_tok = student.info, student.vocab(), student.tokenizer
@@ -380,7 +381,9 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
                 teacher, rollouts, correct, answers, cfg.continuation_depths, cfg.max_new_tokens, seed=cfg.seed)
             t_timing["continuation_seconds"] = time.perf_counter() - t0
         teacher_arrays[name] = (t_scores.topk_ids_LK, t_scores.query_logprobs_LQ)
-        template_differs[name] = teacher.info.get("chat_template_hash") != student_info.get("chat_template_hash")
+        # the "scored under the student's template" note only holds when that is the rendering the verdict uses
+        template_differs[name] = (primary == "student" and
+                                  teacher.info.get("chat_template_hash") != student_info.get("chat_template_hash"))
         info = teacher.info
         _free(teacher)
         states = metrics.per_state_metrics(
@@ -444,7 +447,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     if rollout_meta["finish_reasons"].get("length", 0) > 0.5 * len(rollouts):
         warnings.append(
             f"{rollout_meta['finish_reasons']['length']} of {len(rollouts)} rollouts hit --max-new-tokens "
-            f"{cfg.max_new_tokens}; states deeper than that are not probed"
+            f"{rollout_meta.get('max_new_tokens') or cfg.max_new_tokens}; states deeper than that are not probed"
         )
     timings["total_seconds"] = time.perf_counter() - started
     results = ProbeResults(
