@@ -103,11 +103,11 @@ def compare(
                                              help="Project the sampling and teacher-scoring cost of an OPD run of "
                                                   "this many steps, from the throughput measured here."),
     plan_batch: Optional[int] = typer.Option(None, "--plan-batch",
-                                             help="Sequences (prompts x samples) per planned step [default: 256, "
-                                                  "the paper's 64 x 4]."),
+                                             help="Sequences (prompts x samples) per planned step (default 256, "
+                                                  "the paper's 64 x 4)."),
     plan_max_tokens: Optional[int] = typer.Option(None, "--plan-max-tokens",
-                                                  help="Response cap of the planned run [default: 7168, the "
-                                                       "paper's]."),
+                                                  help="Response cap of the planned run (default 7168, the "
+                                                       "paper's)."),
     gate: bool = typer.Option(False, "--gate", help="Exit 1 if any teacher's verdict is NO-GO."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on CAUTION too (implies --gate)."),
     fail_on: Optional[str] = typer.Option(None, "--fail-on",
@@ -351,9 +351,9 @@ def report(
                                              help="Project the cost of an OPD run of this many steps from each "
                                                   "compare run's measured throughput."),
     plan_batch: Optional[int] = typer.Option(None, "--plan-batch",
-                                             help="Sequences per planned step [default: 256]."),
+                                             help="Sequences per planned step (default 256)."),
     plan_max_tokens: Optional[int] = typer.Option(None, "--plan-max-tokens",
-                                                  help="Response cap of the planned run [default: 7168]."),
+                                                  help="Response cap of the planned run (default 7168)."),
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
     from .report.html import load_runs, report_markdown, write_html

@@ -24,3 +24,20 @@ def test_readme_starts_with_the_two_commands():
 def test_ci_runs_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install -q -e ".[dev]"' in ci and "python -m pytest" in ci
+
+
+def test_recipe_defaults_are_documented_and_agree_with_the_cli():
+    import inspect
+
+    from opd_probe import cli, selection
+    from opd_probe.select_prompts import DEFAULT_PROBE_SAMPLES, SelectConfig
+
+    doc = (ROOT / "docs" / "recipe.md").read_text()
+    assert f"| `--ood-fraction F` | {selection.DEFAULT_OOD_FRACTION} |" in doc
+    assert f"| `--rank-by` | `{selection.DEFAULT_RANK_BY}` |" in doc
+    assert f"| `--probe-samples N` | {DEFAULT_PROBE_SAMPLES} |" in doc
+    assert "not a measured optimum" in doc and "No mixing ratio is given" in doc  # the default's provenance
+    params = inspect.signature(cli.select_prompts).parameters
+    assert params["ood_fraction"].default.default == selection.DEFAULT_OOD_FRACTION == SelectConfig.ood_fraction
+    assert params["rank_by"].default.default == selection.DEFAULT_RANK_BY
+    assert params["probe_samples"].default.default == DEFAULT_PROBE_SAMPLES
