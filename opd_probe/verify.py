@@ -193,7 +193,8 @@ def accuracy(model, rendered: list[list[int]], answers: list[str], cfg: VerifyCo
 def judge(steps: list[dict], evals: list[dict], teacher_acc: dict | None) -> tuple[dict, str, float | None]:
     """Explicit success criteria over the OPD steps. Pure: rows in, verdicts out.
 
-    - overlap_rises: mean overlap ratio over the last fifth of steps > over the first fifth
+    - overlap_rises: mean overlap ratio over the last fifth of steps > over the first fifth (None, not applicable,
+      when the ratio is 1 throughout: k at the vocabulary size)
     - kl_falls: mean top-k reverse KL over the last fifth < over the first fifth
     - accuracy (when eval prompts have answers): the change from before OPD to the end, against its noise
       (2 × the standard error of the difference of two binomial proportions): improves / flat / drops
@@ -211,7 +212,10 @@ def judge(steps: list[dict], evals: list[dict], teacher_acc: dict | None) -> tup
         "overlap_first": mean(first, "overlap_ratio"), "overlap_last": mean(last, "overlap_ratio"),
         "kl_first": mean(first, "topk_reverse_kl"), "kl_last": mean(last, "topk_reverse_kl"),
     }
-    crit["overlap_rises"] = crit["overlap_last"] > crit["overlap_first"]
+    # with k at the vocabulary size the ratio is 1 by construction: the criterion is then not applicable (None)
+    saturated = min(crit["overlap_first"], crit["overlap_last"]) >= 1 - 1e-9
+    crit["overlap_rises"] = None if saturated else crit["overlap_last"] > crit["overlap_first"]
+    overlap_ok = crit["overlap_rises"] is not False
     crit["kl_falls"] = crit["kl_last"] < crit["kl_first"]
     gap_recovery = None
     opd_evals = [e for e in evals if e["phase"] in ("before", "opd")]
@@ -230,10 +234,10 @@ def judge(steps: list[dict], evals: list[dict], teacher_acc: dict | None) -> tup
             first_acc = next(e for e in evals if e["phase"] == "before")["accuracy"]
             gap = teacher_acc["accuracy"] - first_acc
             gap_recovery = (end["accuracy"] - first_acc) / gap if abs(gap) > 1e-9 else None
-        crit["passed"] = crit["overlap_rises"] and crit["kl_falls"] and crit["accuracy"] != "drops"
+        crit["passed"] = overlap_ok and crit["kl_falls"] and crit["accuracy"] != "drops"
     else:
-        outcome = "aligned" if crit["overlap_rises"] and crit["kl_falls"] else "not-aligned"
-        crit["passed"] = crit["overlap_rises"] and crit["kl_falls"]
+        outcome = "aligned" if overlap_ok and crit["kl_falls"] else "not-aligned"
+        crit["passed"] = overlap_ok and crit["kl_falls"]
     return crit, outcome, gap_recovery
 
 

@@ -89,6 +89,14 @@ def test_judge_outcomes():
     assert judge(up, [], None)[1] == "aligned"
 
 
+def test_judge_skips_the_overlap_criterion_when_k_covers_the_vocabulary():
+    full = rows([1.0] * 10, [0.5] * 5 + [0.3] * 5)  # k = vocabulary: the ratio is 1 by construction
+    crit, outcome, _ = judge(full, [], None)
+    assert crit["overlap_rises"] is None and crit["passed"] and outcome == "aligned"
+    crit, _, _ = judge(rows([1.0] * 10, [0.3] * 5 + [0.5] * 5), [], None)
+    assert not crit["passed"]  # the KL criterion still decides
+
+
 def test_judge_measures_opd_from_the_cold_started_student():
     evals = [{"phase": "before", "step": 0, "accuracy": 0.1, "n": 100, "se": 0.03},
              {"phase": "cold-start", "step": 0, "accuracy": 0.6, "n": 100, "se": 0.05},

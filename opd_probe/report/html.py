@@ -609,7 +609,7 @@ def _verify_section(run: Run, idx: int) -> dict:
     key = f"run{idx}"
     crit = [
         {"name": "overlap ratio rises", "first": fmt(c.get("overlap_first")), "last": fmt(c.get("overlap_last")),
-         "result": "pass" if c.get("overlap_rises") else "fail", "label": None},
+         "result": _criterion(c.get("overlap_rises")), "label": None},
         {"name": "top-k reverse KL falls", "first": fmt(c.get("kl_first")), "last": fmt(c.get("kl_last")),
          "result": "pass" if c.get("kl_falls") else "fail", "label": None},
     ]
@@ -699,6 +699,10 @@ def render_html(runs: Sequence[Run], max_rollouts: int = DEFAULT_MAX_ROLLOUTS) -
     )
 
 
+def _criterion(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("pass" if ok else "fail")
+
+
 def write_html(runs: Sequence[str | Path | Run], out_file: str | Path, max_rollouts: int = DEFAULT_MAX_ROLLOUTS) -> int:
     """Render out directories (paths, or runs from load_runs) into one file, written atomically; returns its size
     in bytes."""
@@ -721,7 +725,7 @@ def verify_markdown(run: Run) -> str:
              f"success criteria **{'PASSED' if c.get('passed') else 'FAILED'}**", "",
              "| criterion | first steps | last steps | result |", "|---|---|---|---|",
              f"| overlap ratio rises | {fmt(c.get('overlap_first'))} | {fmt(c.get('overlap_last'))} | "
-             f"{'pass' if c.get('overlap_rises') else 'fail'} |",
+             f"{_criterion(c.get('overlap_rises'))} |",
              f"| top-k reverse KL falls | {fmt(c.get('kl_first'))} | {fmt(c.get('kl_last'))} | "
              f"{'pass' if c.get('kl_falls') else 'fail'} |"]
     if "accuracy" in c:
