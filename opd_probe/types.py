@@ -95,6 +95,9 @@ class PairResult:
     warnings: tuple[str, ...] = ()
     verdict: dict[str, Any] | None = None  # verdict.Verdict.to_dict()
     novelty: dict[str, Any] = field(default_factory=dict)  # continuation gains, step-0 grad norm
+    # metric -> {"exact_fraction": share of its states computed exactly, "how": the estimate used elsewhere};
+    # empty when every value is exact (the transformers scorer). See docs/vllm.md.
+    approximate: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +115,7 @@ class PairResult:
             "warnings": list(self.warnings),
             "verdict": self.verdict,
             "novelty": self.novelty,
+            "approximate": self.approximate,
         }
 
     @classmethod
@@ -133,6 +137,7 @@ class PairResult:
             warnings=tuple(d.get("warnings", ())),
             verdict=d.get("verdict"),
             novelty=d.get("novelty", {}),
+            approximate=d.get("approximate", {}),
         )
 
 
