@@ -277,10 +277,10 @@ class HFModel:
         }
 
     def _placement(self) -> str:
-        device_map = getattr(self.model, "hf_device_map", None)
-        if self.spec.device_map is None or not device_map:
+        if self.spec.device_map is None:
             return str(self.device)
-        used = sorted({str(v) for v in device_map.values()})
+        placed = getattr(self.model, "hf_device_map", None) or {}  # absent when it all fits on one device
+        used = sorted({str(v) for v in placed.values()}) or [str(self.device)]
         return f"{self.spec.device_map}: {', '.join(used)}"
 
     def self_check(self) -> None:
