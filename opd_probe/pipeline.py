@@ -583,8 +583,8 @@ def approximation_warnings(approx: dict) -> list[str]:
     lines = []
     ent = [m for m in approx if m in metrics.ENTROPY_METRICS]
     if ent:
-        lines.append(f"approximate: {', '.join(ent)} (entropies are top-K' lower bounds from vLLM; "
-                     f"{approx[ent[0]]['how']}); --exact-entropy scores with the transformers scorer for exact values")
+        lines.append(f"approximate: {', '.join(ent)} ({approx[ent[0]]['how']}); --exact-entropy scores with the "
+                     "transformers scorer for exact values")
     for m in metrics.QUERY_METRICS:
         if m in approx:
             lines.append(f"approximate: {m} is a lower bound at {1 - approx[m]['exact_fraction']:.0%} of states "

@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PROMPTS = REPO / "sample_prompts" / "tiny.jsonl"
-ATOL = {"tiny": 1e-4, "smollm2": 2e-3}  # |Δ log p| between vLLM-CPU and transformers, float32
+# |Δ log p| between vLLM-CPU and transformers, float32; measured max 1.5e-5 (tiny) and 8.3e-5 (SmolLM2)
+ATOL = {"tiny": 1e-4, "smollm2": 5e-4}
 K = 16
 EXACT_METRICS = ("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "overlap_token_advantage",
                  "sampled_reverse_kl", "topk_coverage_student", "topk_coverage_teacher", "top1_agreement")
@@ -75,10 +76,10 @@ def _hf_scores(path, rollouts, query=None) -> ScoreArrays:
 def probe(request, tiny_model, tmp_path_factory) -> Probe:
     if request.param == "tiny":
         student = tiny_model(seed=0)
-        teacher = tiny_model(seed=1, init_from=student, perturb=0.5)  # related, not equal: partial overlap
-        # K' = 20 (vLLM's default cap): with k = 16 some student top-k ids fall outside the teacher's top-K', so
-        # the bound path runs next to the exact one
-        settings = dict(limit=8, samples=4, max_new_tokens=32, vllm_logprobs=20)
+        teacher = tiny_model(seed=1, init_from=student, perturb=0.1)  # related, not equal: overlap ratio ~0.8
+        # K' = 32: about two thirds of the states have every student top-16 id in the teacher's top-32 (exact
+        # top-k KL), the rest go through the bound, so both paths are compared with transformers
+        settings = dict(limit=8, samples=4, max_new_tokens=32, vllm_logprobs=32)
     else:
         smollm2 = request.getfixturevalue("smollm2")
         student, teacher = smollm2(), smollm2(24)
@@ -119,8 +120,8 @@ def test_teacher_log_probs_at_student_ids_exact_or_bounded(probe):
           f"{np.abs(v.query_logprobs_LQ - h.query_logprobs_LQ)[exact].max():.2e}")
     np.testing.assert_allclose(v.query_logprobs_LQ[exact], h.query_logprobs_LQ[exact], atol=probe.atol, rtol=0)
     assert (v.query_logprobs_LQ[~exact] >= h.query_logprobs_LQ[~exact] - probe.atol).all()
-    if probe.name == "tiny":
-        assert not exact.all(), "K'=20 should leave some student top-k ids outside the teacher's top-K'"
+    if probe.name == "tiny":  # both paths ran (measured: ~64% of states fully exact)
+        assert 0.2 < exact.all(1).mean() < 0.95, exact.all(1).mean()
 
 
 def test_entropies_are_flagged_lower_bounds(probe):
@@ -224,11 +225,13 @@ TINIEST = ["--samples", "1", "--max-new-tokens", "2", "--limit", "1", "--quiet"]
 
 
 def test_mixed_backends_vllm_rollouts_transformers_scoring(tiny_model, tmp_path):
-    """One engine (student rollouts); everything scored by transformers: exact, nothing flagged, JSON on stdout."""
+    """One engine (student rollouts, greedy); everything scored by transformers: exact, nothing flagged, JSON on
+    stdout. Greedy with 2 samples: vLLM refuses n > 1 when greedy, the backend draws one and copies it."""
     student = tiny_model(seed=0)
     out = tmp_path / "mixed"
     run = cli("compare", student, student, "--prompts", TINY_PROMPTS, "--out", out, "--rollout-backend", "vllm",
-              "--score-backend", "hf", "--samples", "2", "--max-new-tokens", "8", "--limit", "2", "--json")
+              "--score-backend", "hf", "--samples", "2", "--max-new-tokens", "8", "--limit", "2", "--json",
+              "--temperature", "0")
     assert run.code == 0, run.err
     doc = json.loads(run.out)  # vLLM logs go to stderr: stdout stays pure JSON
     assert doc["config"]["rollout_backend"] == "vllm" and doc["config"]["score_backend"] == "hf"
@@ -236,6 +239,18 @@ def test_mixed_backends_vllm_rollouts_transformers_scoring(tiny_model, tmp_path)
     assert pair["approximate"] == {} and pair["model"]["backend"] == "hf"
     assert pair["pooled"]["topk_reverse_kl"]["mean"] == pytest.approx(0, abs=1e-6)  # self pair, exact scorer
     assert doc["rollouts"]["count"] == 4
+    rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    by_prompt = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_index"], []).append(r["response_token_ids"])
+    assert all(a == b for a, b in by_prompt.values())
+    # greedy vLLM = greedy transformers on the same prompt (float32 both; ties aside)
+    from opd_probe.backends.hf import HFModel
+
+    hf = HFModel.load(ModelSpec(str(student), device="cpu", dtype="float32"))
+    for r in rows[::2]:
+        g = hf.generate([r["prompt_token_ids"]], SamplingSettings(samples=1, temperature=0, max_new_tokens=8), 0)[0][0]
+        assert list(g.response_ids) == r["response_token_ids"]
 
 
 @pytest.mark.parametrize("flags, needle", [

@@ -398,7 +398,8 @@ class VLLMModel:
         eos = self.eos_ids()
         greedy = settings.temperature == 0
         base = dict(
-            n=settings.samples, max_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            # vLLM refuses n > 1 when greedy; every greedy sample is the same, so one is drawn and copied
+            n=1 if greedy else settings.samples, max_tokens=settings.max_new_tokens, temperature=settings.temperature,
             top_p=1.0 if greedy else settings.top_p, top_k=0, stop_token_ids=eos or None, detokenize=False,
         )
         if self.head_size > self.vocab_size:  # never sample output-head padding rows: they are not tokens
@@ -420,7 +421,7 @@ class VLLMModel:
                 else:
                     raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r} "
                                        f"(stop reason {c.stop_reason!r}), expected EOS or the length limit")
-            result.append(gens)
+            result.append(gens * settings.samples if greedy else gens)
         return result
 
     # ------------------------------------------------------------------ scoring
