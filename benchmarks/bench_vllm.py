@@ -40,10 +40,17 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16, help="transformers sequences per generate call")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for both engines (transformers: torch threads; vLLM: cores 0..N-1). On a shared "
+                         "2-core machine one thread each is the fair and stable setting (spinning OpenMP threads "
+                         "under contention made transformers generation ~10x slower in one run)")
     args = ap.parse_args()
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}" if args.threads > 1 else "0")
 
     import numpy as np
     import torch
+
+    torch.set_num_threads(args.threads)
 
     from opd_probe.backends.base import ModelSpec, SamplingSettings
     from opd_probe.backends.hf import HFModel
@@ -56,7 +63,7 @@ def main() -> None:
     settings = SamplingSettings(samples=args.samples, max_new_tokens=args.new_tokens)
     spec = ModelSpec(path=path, device="cpu", dtype=args.dtype, top_k=K, vllm_logprobs=64)
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(), "model": "SmolLM2-135M-Instruct", "dtype": args.dtype,
+              "threads": args.threads, "model": "SmolLM2-135M-Instruct", "dtype": args.dtype,
               "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens}
 
     # ---------------------------------------------------------------- transformers
