@@ -83,7 +83,7 @@ def compare(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Allow model repos to run their own Python code (off: safe default)."),
     backend: str = typer.Option("hf", "--backend",
-                                help="hf (transformers) or vllm (pip install 'opd-probe[vllm]'), for rollouts and scoring."),
+                                help="hf (transformers) or vllm (pip install 'opd-probe\\[vllm]'), for rollouts and scoring."),
     rollout_backend: Optional[str] = typer.Option(None, "--rollout-backend",
                                                   help="Backend for the student rollouts only (overrides --backend)."),
     score_backend: Optional[str] = typer.Option(None, "--score-backend",

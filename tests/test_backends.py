@@ -292,3 +292,13 @@ def test_device_map_auto_scores_like_a_plain_load(student):
     b = mapped.score(prompt, response, k=8, query_ids_LQ=[np.arange(8)[None].repeat(4, 0)])[0]
     for f in ("topk_ids_LK", "topk_logprobs_LK", "entropy_L", "sampled_logprob_L", "query_logprobs_LQ"):
         np.testing.assert_allclose(getattr(a, f), getattr(b, f), atol=1e-5)
+
+
+def test_compare_help_lists_the_backend_flags():
+    run = cli("compare", "--help")
+    assert run.code == 0
+    for flag in ("--backend", "--rollout-backend", "--score-backend", "--exact-entropy", "--device-map",
+                 "--tensor-parallel-size", "--pipeline-parallel-size", "--gpu-memory-utilization", "--max-model-len",
+                 "--vllm-logprobs"):
+        assert flag in run.out, flag
+    assert "opd-probe[vllm]" in run.out  # not eaten as rich markup
