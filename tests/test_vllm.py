@@ -180,11 +180,10 @@ def test_results_say_what_is_approximate_and_how(probe):
 
 
 # ------------------------------------------------------------------------------------------------ rollouts, by statistics
+@pytest.mark.parametrize("probe", ["tiny"], indirect=True)  # 1024 states; the SmolLM2 probe has too few here
 def test_rollouts_are_samples_of_the_student_softmax(probe):
     """At T=1, E[log p(ŷ_t)] = -H(p_t) state by state, so mean(log p(ŷ) + H) over states is ~0 when (and only
     when) tokens are drawn from the student's own softmax. Exact transformers values; a z-test over rollouts."""
-    if probe.name != "tiny":
-        pytest.skip("too few states on SmolLM2 here for a sharp test; the tiny probe has 1024")
     lengths = [len(r.response_token_ids) for r in probe.rollouts]
     d = probe.h_s.sampled_logprob_L.astype(np.float64) + probe.h_s.entropy_L
     per_rollout = np.array([x.mean() for x in np.split(d, np.cumsum(lengths)[:-1])])
@@ -196,10 +195,9 @@ def test_rollouts_are_samples_of_the_student_softmax(probe):
         assert len(r.response_token_ids) <= probe.cfg.max_new_tokens
 
 
+@pytest.mark.parametrize("probe", ["tiny"], indirect=True)  # transformers sampling of SmolLM2: minutes here
 def test_rollout_statistics_match_transformers_sampling(probe):
     """Same prompts, both engines at T=1: mean sampled-token log-prob and response length agree within noise."""
-    if probe.name != "tiny":
-        pytest.skip("tiny models only (transformers sampling of SmolLM2 is minutes on this CPU)")
     from opd_probe.backends.hf import HFModel
 
     hf = HFModel.load(ModelSpec(probe.cfg.student, device="cpu", dtype="float32"))
