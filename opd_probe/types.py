@@ -97,6 +97,9 @@ class PairResult:
     novelty: dict[str, Any] = field(default_factory=dict)  # continuation gains, step-0 grad norm
     # compare --template: the student's vs the teacher's own chat template at the same states (templates.py)
     templates: dict[str, Any] = field(default_factory=dict)
+    # metric -> {"exact_fraction": share of its states computed exactly, "how": the estimate used elsewhere};
+    # empty when every value is exact (the transformers scorer). See docs/vllm.md.
+    approximate: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +118,7 @@ class PairResult:
             "verdict": self.verdict,
             "novelty": self.novelty,
             "templates": self.templates,
+            "approximate": self.approximate,
         }
 
     @classmethod
@@ -137,6 +141,7 @@ class PairResult:
             verdict=d.get("verdict"),
             novelty=d.get("novelty", {}),
             templates=d.get("templates", {}),
+            approximate=d.get("approximate", {}),
         )
 
 

@@ -475,11 +475,13 @@ def test_help_does_not_import_torch(args):
         "except SystemExit as e:\n"
         "    print('EXIT', e.code)\n"
         "print('TORCH', 'torch' in sys.modules)\n"
+        "print('VLLM', 'vllm' in sys.modules)\n"
     )
     proc = _python(["-c", code])
     assert proc.returncode == 0, proc.stderr
     assert "EXIT 0" in proc.stdout
     assert "TORCH False" in proc.stdout
+    assert "VLLM False" in proc.stdout
 
 
 def test_version():

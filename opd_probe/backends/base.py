@@ -17,6 +17,16 @@ class ModelSpec:
     dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
     trust_remote_code: bool = False
     revision: str | None = None
+    device_map: str | None = None  # transformers: accelerate placement ("auto": split over GPUs) instead of device
+    # What the pipeline will ask for, so backends that size buffers when they load (vLLM's max_logprobs) can
+    # check and fit it then, not after a minutes-long engine start.
+    top_k: int | None = None
+    # vLLM engine settings (ignored by the transformers backend)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    vllm_logprobs: int = 64  # K': top log-probs returned per position (>= top_k)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,10 @@ class ScoreArrays:
     L = scored positions, K = top-k. Position t holds the model's next-token distribution *before* response
     token t, i.e. the state at which the student emitted it. Log-probs are full-vocabulary log-softmax at
     temperature 1 (nats); entropies are full-vocabulary.
+
+    Exactness masks (None = every value exact, as the transformers scorer returns them): a backend that cannot
+    compute a value exactly (vLLM returns top-K' log-probs, not the full distribution) stores an estimate and
+    marks it False, so the pipeline can flag every metric built on it (docs/vllm.md says how each is estimated).
     """
 
     topk_ids_LK: np.ndarray  # int32
@@ -51,15 +65,32 @@ class ScoreArrays:
     entropy_L: np.ndarray  # float32
     sampled_logprob_L: np.ndarray  # float32, log-prob of the response token at t
     query_logprobs_LQ: np.ndarray | None = None  # float32, log-probs of caller-given ids per position
+    entropy_exact_L: np.ndarray | None = None  # bool; False: entropy_L is a top-K' estimate
+    query_exact_LQ: np.ndarray | None = None  # bool; False: query_logprobs_LQ holds an upper bound
 
-    FIELDS = ("topk_ids_LK", "topk_logprobs_LK", "entropy_L", "sampled_logprob_L", "query_logprobs_LQ")
+    FIELDS = ("topk_ids_LK", "topk_logprobs_LK", "entropy_L", "sampled_logprob_L", "query_logprobs_LQ",
+              "entropy_exact_L", "query_exact_LQ")
+    MASKS = {"entropy_exact_L": "entropy_L", "query_exact_LQ": "query_logprobs_LQ"}  # mask -> the values it covers
 
     def __len__(self) -> int:
         return int(self.entropy_L.shape[0])
 
+    def mask(self, name: str) -> np.ndarray | None:
+        """The exactness mask ``name`` in full (all True where it is None); None when its values are absent."""
+        values = getattr(self, self.MASKS[name])
+        if values is None:
+            return None
+        m = getattr(self, name)
+        return np.ones(values.shape, dtype=bool) if m is None else m
+
     @classmethod
     def concat(cls, parts: Sequence["ScoreArrays"]) -> "ScoreArrays":
         def cat(name):
+            if name in cls.MASKS:  # None means "all exact": expand only when some part is not
+                if all(getattr(p, name) is None for p in parts):
+                    return None
+                masks = [p.mask(name) for p in parts]
+                return None if any(m is None for m in masks) else np.concatenate(masks, axis=0)
             vals = [getattr(p, name) for p in parts]
             if any(v is None for v in vals):
                 return None
@@ -74,15 +105,22 @@ class ScoreArrays:
 
 
 class Backend(Protocol):
-    """What the pipeline needs from a loaded model."""
+    """What the pipeline needs from a loaded model.
 
-    info: dict  # provenance: path, revision, architecture, vocab, hashes, dtype, device
+    Optional: ``close()`` releases the model (a vLLM engine); ``schedules_own_batches = True`` asks the pipeline
+    to hand over whole parts instead of token-budgeted batches (vLLM schedules requests itself).
+    """
+
+    info: dict  # provenance: path, revision, architecture, vocab, hashes, dtype, device, backend
+    vocab_size: int  # the tokenizer's ids (output-head padding rows excluded)
 
     def vocab(self) -> dict[str, int]: ...
 
     def context_length(self) -> int | None: ...
 
     def render(self, prompt, use_chat_template: bool) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], settings: SamplingSettings, seed: int) -> list[
         list[Generation]

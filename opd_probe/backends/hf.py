@@ -56,6 +56,69 @@ def vocab_hash(vocab: dict[str, int]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def resolve_model_path(spec: ModelSpec, role: str) -> str:
+    """A local folder (expanded) or a hub id that can be reached; a clear error otherwise. Shared by backends."""
+    from ..zoo import resolve
+
+    path = resolve(spec.path)
+    if Path(path).expanduser().exists():
+        return str(Path(path).expanduser())
+    if _looks_like_local_path(path):
+        raise ModelLoadError(
+            f"{role} model path {path!r} does not exist",
+            fix="pass an existing model folder (with config.json and weights) or a hub id like org/name",
+        )
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        raise ModelLoadError(
+            f"{role} model {path!r} is not a local folder, and the hub is offline (HF_HUB_OFFLINE=1)",
+            fix="download it where there is network (huggingface-cli download) and pass the local folder",
+        )
+    _check_hub_reachable(path, role)
+    return path
+
+
+def load_config(path: str, spec: ModelSpec, role: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        raise ModelLoadError(
+            f"could not load the {role} model config from {spec.path!r}: {_first_line(e)}",
+            fix="check the path or hub id (a model folder needs config.json); custom architectures need "
+            "--trust-remote-code",
+        ) from e
+
+
+def load_tokenizer(path: str, spec: ModelSpec, role: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not load the tokenizer of the {role} model {spec.path!r}: {_first_line(e)}",
+                             fix="the model folder must contain its tokenizer files") from e
+
+
+def context_length_of(config) -> int | None:
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def eos_ids_of(tokenizer, generation_config) -> list[int]:
+    ids = set()
+    for v in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return sorted(ids)
+
+
 class LogitTransform:
     """Architecture-specific maps applied to raw head outputs by the model's own forward.
 
@@ -133,6 +196,9 @@ class HFModel:
         self.vocab_size = len(tokenizer)
         head = model.get_output_embeddings()
         self.head_size = int(head.weight.shape[0])
+        # where the scorer's chunk buffers live: the head's device (with --device-map it can differ from the
+        # embeddings'; an offloaded head has its weight on "meta" and runs where accelerate moves it)
+        self.head_device = head.weight.device if head.weight.device.type != "meta" else device
         if self.head_size < self.vocab_size:
             raise ModelLoadError(
                 f"{role} model {spec.path}: output head has {self.head_size} rows but the tokenizer has "
@@ -145,42 +211,29 @@ class HFModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, spec: ModelSpec, role: str = "model") -> "HFModel":
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress display owns stderr
 
-        from ..zoo import resolve
-
-        path = resolve(spec.path)
-        is_local = Path(path).expanduser().exists()
-        if not is_local:
-            if _looks_like_local_path(path):
-                raise ModelLoadError(
-                    f"{role} model path {path!r} does not exist",
-                    fix="pass an existing model folder (with config.json and weights) or a hub id like org/name",
-                )
-            if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-                raise ModelLoadError(
-                    f"{role} model {path!r} is not a local folder, and the hub is offline (HF_HUB_OFFLINE=1)",
-                    fix="download it where there is network (huggingface-cli download) and pass the local folder",
-                )
-            _check_hub_reachable(path, role)
-        else:
-            path = str(Path(path).expanduser())
-        device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
+        path = resolve_model_path(spec, role)
         kw = dict(trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+        config = load_config(path, spec, role)
+        placement = {}
+        if spec.device_map is not None:
+            # accelerate places the layers (across GPUs, then CPU); the scorer follows the hidden states
+            import importlib.util
+
+            if importlib.util.find_spec("accelerate") is None:
+                raise ModelLoadError(f"--device-map {spec.device_map} needs the accelerate package",
+                                     fix="pip install accelerate (or drop --device-map)")
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            placement = {"device_map": spec.device_map}
+        else:
+            device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
         try:
-            config = AutoConfig.from_pretrained(path, **kw)
-        except Exception as e:  # noqa: BLE001 - transformers raises many types here
-            raise ModelLoadError(
-                f"could not load the {role} model config from {spec.path!r}: {_first_line(e)}",
-                fix="check the path or hub id (a model folder needs config.json); custom architectures need "
-                "--trust-remote-code",
-            ) from e
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **kw)
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **placement, **kw)
         except ValueError as e:
             if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
                 raise ModelLoadError(
@@ -192,12 +245,11 @@ class HFModel:
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"could not load the {role} model {spec.path!r}: {_first_line(e)}",
                                  fix="check the model folder is complete (config.json, weights)") from e
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"could not load the tokenizer of the {role} model {spec.path!r}: {_first_line(e)}",
-                                 fix="the model folder must contain its tokenizer files") from e
-        model.to(device)
+        tokenizer = load_tokenizer(path, spec, role)
+        if spec.device_map is None:
+            model.to(device)
+        else:  # inputs go where the embeddings are
+            device = model.get_input_embeddings().weight.device
         model.eval()
         self = cls(model, tokenizer, spec, device, role)
         self.self_check()
@@ -214,7 +266,7 @@ class HFModel:
             "model_type": cfg.model_type,
             "num_parameters": int(sum(p.numel() for p in self.model.parameters())),
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-            "device": str(self.device),
+            "device": self._placement(),
             "vocab_size": self.vocab_size,
             "head_size": self.head_size,
             "context_length": self.context_length(),
@@ -223,6 +275,13 @@ class HFModel:
             "eos_token_ids": self.eos_ids(),
             "backend": "hf",
         }
+
+    def _placement(self) -> str:
+        if self.spec.device_map is None:
+            return str(self.device)
+        placed = getattr(self.model, "hf_device_map", None) or {}  # absent when it all fits on one device
+        used = sorted({str(v) for v in placed.values()}) or [str(self.device)]
+        return f"{self.spec.device_map}: {', '.join(used)}"
 
     def self_check(self) -> None:
         """Compare the chunked scorer with the model's own logits on a short sequence; refuse on mismatch.
@@ -265,22 +324,10 @@ class HFModel:
         return self.tokenizer.get_vocab()
 
     def context_length(self) -> int | None:
-        cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            v = getattr(cfg, name, None)
-            if isinstance(v, int) and v > 0:
-                return v
-        return None
+        return context_length_of(self.model.config)
 
     def eos_ids(self) -> list[int]:
-        ids = set()
-        gc_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for v in (gc_eos, self.tokenizer.eos_token_id):
-            if isinstance(v, int):
-                ids.add(v)
-            elif isinstance(v, (list, tuple)):
-                ids.update(int(x) for x in v)
-        return sorted(ids)
+        return eos_ids_of(self.tokenizer, getattr(self.model, "generation_config", None))
 
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
@@ -355,7 +402,8 @@ class HFModel:
         """float32 logits over the tokenizer's vocabulary (head padding rows are never computed), written into
         ``out_CV`` when the head is a plain float32 linear layer, with the model's own logit transform."""
         head = self.model.get_output_embeddings()
-        if isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32 and hidden_CH.dtype == torch.float32:
+        if (isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32 and hidden_CH.dtype == torch.float32
+                and head.weight.device == hidden_CH.device):
             w = head.weight[: self.vocab_size]
             if head.bias is None:
                 logits = torch.mm(hidden_CH, w.t(), out=out_CV)
@@ -391,8 +439,9 @@ class HFModel:
         hidden_BTH = self.model.base_model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
         ).last_hidden_state
-        hidden_NH = hidden_BTH[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)]
-        return hidden_NH, torch.tensor(targets, dtype=torch.long, device=self.device)
+        at = hidden_BTH.device  # the last layer's device (differs from self.device when layers are spread)
+        hidden_NH = hidden_BTH[torch.tensor(rows, device=at), torch.tensor(cols, device=at)].to(self.head_device)
+        return hidden_NH, torch.tensor(targets, dtype=torch.long, device=self.head_device)
 
     def response_logprobs(
         self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]
@@ -420,10 +469,10 @@ class HFModel:
         query_NQ = None
         if query_ids_LQ is not None:
             query_NQ = torch.from_numpy(np.concatenate([np.asarray(q, dtype=np.int64) for q in query_ids_LQ]))
-            query_NQ = query_NQ.to(self.device)
+            query_NQ = query_NQ.to(self.head_device)
         n = hidden_NH.shape[0]
         chunk = max(1, min(n, CHUNK_BYTES // (4 * self.vocab_size * 2)))
-        logits_buf = torch.empty((chunk, self.vocab_size), dtype=torch.float32, device=self.device)
+        logits_buf = torch.empty((chunk, self.vocab_size), dtype=torch.float32, device=self.head_device)
         work_buf = torch.empty_like(logits_buf)
         outs = []
         for c0 in range(0, n, chunk):

@@ -55,8 +55,11 @@ def ranking_table(results: ProbeResults) -> Table:
         f"student {short_names([results.student.get('path', '?')])[results.student.get('path', '?')]} · {ro['prompts']} prompts × {ro['samples_per_prompt']} samples · "
         f"{ro['states']} states · k={cfg['top_k']}"
     )
-    table = Table(title=title, caption=f"mean, and below it the {int(cfg['ci_level'] * 100)}% bootstrap CI over prompts; "
-                  "KL and entropy in nats/token; ranked by verdict, then novelty evidence, then overlap mass", header_style="bold")
+    caption = (f"mean, and below it the {int(cfg['ci_level'] * 100)}% bootstrap CI over prompts; KL and entropy in "
+               "nats/token; ranked by verdict, then novelty evidence, then overlap mass")
+    if any(p.approximate for p in results.pairs):
+        caption += "; ≈ approximate (vLLM estimate: see the warnings)"
+    table = Table(title=title, caption=caption, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("teacher", overflow="fold", min_width=12)
     table.add_column("verdict")
@@ -69,7 +72,8 @@ def ranking_table(results: ProbeResults) -> Table:
         cells = []
         for metric, _, d in COLUMNS:
             e = pair.pooled[metric]
-            cells.append(f"{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
+            mark = "≈" if metric in pair.approximate else ""
+            cells.append(f"{mark}{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
         status = (pair.verdict or {}).get("status", "–")
         table.add_row(str(rank), names[name], STATUS_STYLE.get(status, status), *cells)
     return table

@@ -400,8 +400,11 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
         cells = []
         for metric, _, d in TABLE_METRICS:
             e = p.pooled.get(metric)
+            approx = p.approximate.get(metric)
             cells.append({"mean": fmt(e.mean if e else None, d),
-                          "ci": f"{fmt(e.ci_low, d - 1)}–{fmt(e.ci_high, d - 1)}" if e else ""})
+                          "ci": f"{fmt(e.ci_low, d - 1)}–{fmt(e.ci_high, d - 1)}" if e else "",
+                          "approx": (f"exact at {approx['exact_fraction']:.0%} of states; {approx['how']}"
+                                     if approx else None)})
         cont = p.novelty.get("continuation") or []
         v = views.get(name, {})
         rows.append({
@@ -425,8 +428,9 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
             "summary": [("overlap ratio", f"{fmt(e['overlap_ratio'].mean, 2)} [{fmt(e['overlap_ratio'].ci_low, 2)}, "
                                           f"{fmt(e['overlap_ratio'].ci_high, 2)}]"),
                         ("mass (student)", fmt(e["overlap_mass_student"].mean, 3)),
-                        ("entropy gap", fmt(e["entropy_gap"].mean, 3)),
-                        ("top-k KL", f"{fmt(e['topk_reverse_kl'].mean, 3)} nats/token")],
+                        ("entropy gap", ("≈" if "entropy_gap" in p.approximate else "") + fmt(e["entropy_gap"].mean, 3)),
+                        ("top-k KL", ("≈" if "topk_reverse_kl" in p.approximate else "")
+                         + f"{fmt(e['topk_reverse_kl'].mean, 3)} nats/token")],
             "reasons": [{"code": x.get("code"), "severity": x.get("severity"), "metric": x.get("metric"),
                          "value": fmt(x.get("value")), "threshold": fmt(x.get("threshold")),
                          "direction": x.get("direction"), "message": x.get("message"),

@@ -40,13 +40,17 @@ def summary_markdown(results: ProbeResults) -> str:
         p = by[name]
         v = p.verdict or {"status": "go", "reasons": [], "recommendations": []}
         e = p.pooled
+
+        def cell(metric: str) -> str:
+            return ("≈" if metric in p.approximate else "") + _f(e[metric].mean)
+
         reasons = "; ".join(
             f"{r['code']}: {r['metric']} {_f(r['value'])} {r['direction']} {_f(r['threshold'])}"
             if r["value"] is not None else r["code"] for r in v["reasons"]) or "–"
         lines.append(
             f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v['status']]} | {_f(e['overlap_ratio'].mean)} "
             f"[{_f(e['overlap_ratio'].ci_low, 2)}, {_f(e['overlap_ratio'].ci_high, 2)}] | "
-            f"{_f(e['overlap_mass_student'].mean)} | {_f(e['entropy_gap'].mean)} | {_f(e['topk_reverse_kl'].mean)} | "
+            f"{cell('overlap_mass_student')} | {cell('entropy_gap')} | {cell('topk_reverse_kl')} | "
             f"{_md(reasons)} |")
     recs = [(names[n], r) for n in results.ranking for r in (by[n].verdict or {}).get("recommendations", [])]
     if recs:
@@ -55,6 +59,12 @@ def summary_markdown(results: ProbeResults) -> str:
     lines += template_markdown(results)
     if results.plan:
         lines += plan_markdown(results.plan)
+    approx = [(names[n], m, a) for n in results.ranking for m, a in by[n].approximate.items()]
+    if approx:
+        lines += ["", "### Approximate values (≈)", ""]
+        lines += [f"- `{_md(n)}` {m}: exact at {a['exact_fraction']:.0%} of states; {_md(a['how'])}"
+                  if a.get("exact_fraction") is not None else f"- `{_md(n)}` {m}: {_md(a['how'])}"
+                  for n, m, a in approx]
     lines += ["", "Thresholds are provisional until calibrated on the model zoo; see docs/metrics.md.", ""]
     return "\n".join(lines)
 
