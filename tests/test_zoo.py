@@ -32,6 +32,18 @@ def test_formats_share_digits_but_not_punctuation():
     assert ";" in texts["aligned"] and ";" not in texts["mild"] and "->" in texts["strong"]
 
 
+def test_student_flaw_drops_only_a_six_digit_sums_carry_and_leaves_clean_data_unchanged():
+    assert scratchpad(99999, 60642, "aligned", random.Random(0), drop_carry=1.0).endswith("Answer: 60641")
+    assert scratchpad(12345, 1, "aligned", random.Random(0), drop_carry=1.0).endswith("Answer: 12346")
+    # the option draws from the rng only when positive: teachers trained without it see the same data as before
+    r1, r2 = random.Random(5), random.Random(5)
+    assert [scratchpad(a, a, "mild", r1) for a in range(50000, 50100)] == \
+        [scratchpad(a, a, "mild", r2, drop_carry=0.0) for a in range(50000, 50100)]
+    flawed = {b: scratchpad(99999, b, "aligned", random.Random(b), drop_carry=0.7) for b in range(1000, 3000)}
+    share = sum(t.endswith(f"Answer: {str(99999 + b)[1:]}") for b, t in flawed.items()) / 2000
+    assert 0.65 < share < 0.75
+
+
 def test_fast_encode_equals_template_and_tokenizer():
     tok = make_tokenizer()
     for a, b in [(0, 0), (123, 4567), (99999, 99999)]:
@@ -74,3 +86,56 @@ def test_ground_truth_table_renders():
                       "works": True}]}
     table = zoo_markdown(doc)
     assert "student ← aligned" in table and "0.00 → 0.30, 0.20" in table and "**works**" in table
+
+
+def test_calibration_agrees_means_go_exactly_where_opd_works():
+    from opd_probe.zoo import calibration_agrees
+
+    assert calibration_agrees("go", True) and calibration_agrees("no-go", False)
+    assert calibration_agrees("caution", False)  # a warning on a failing pair is right
+    assert not calibration_agrees("caution", True)  # a false alarm
+    assert not calibration_agrees("go", False)  # a miss
+
+
+def test_demo_without_the_zoo_exits_2_naming_the_fix(monkeypatch, tmp_path):
+    from clirun import cli
+
+    import opd_probe.zoo as zoo
+
+    monkeypatch.setattr(zoo, "ZOO_MODELS", tmp_path / "nowhere")
+    r = cli("demo", "--out", tmp_path / "run", "--quiet")
+    assert r.code == 2
+    assert "zoo is incomplete" in r.err and "python -m opd_probe.zoo.build" in r.err
+    assert not (tmp_path / "run").exists()
+
+
+# docs/zoo.md, "Calibration": both OPD seeds gained (+0.10, +0.095) but the mean is a hair under the 0.10 bar set
+# before the runs; the probe reads it like the working same-recipe <- aligned pair (GO), so the verdict misses it
+KNOWN_MISSES = {"student ← aligned"}
+
+
+@pytest.mark.slow
+def test_shipped_zoo_verdicts_match_the_recorded_ground_truth(tmp_path):
+    """Calibration: the demo's probes on the shipped zoo give, for every pair, the verdict recorded in
+    zoo/ground_truth.json, and that verdict is right about the OPD outcome measured there (docs/zoo.md) for every
+    pair but the documented miss."""
+    from clirun import cli
+
+    from opd_probe.demo import ground_truth
+
+    truth = ground_truth()
+    assert truth is not None, "zoo/ground_truth.json is missing: run python -m opd_probe.zoo.ground_truth"
+    r = cli("demo", "--out", tmp_path / "demo", "--quiet", "--json")
+    assert r.code == 0, r.err
+    import json
+
+    rows = {row["pair"]: row for row in json.loads(r.out)["predictions"]}
+    recorded = {f"{p['student']} ← {p['teacher']}": p for p in truth["pairs"] if not p["cold_start"]}
+    assert set(rows) == set(recorded)
+    for name, p in recorded.items():
+        assert rows[name]["verdict"] == p["probe"]["verdict"], f"{name}: verdict moved from the recorded one"
+        if name in KNOWN_MISSES:
+            assert not rows[name]["agrees"], f"{name} is now right: update KNOWN_MISSES and docs/zoo.md"
+        else:
+            assert rows[name]["agrees"], f"{name}: verdict {rows[name]['verdict']} but OPD works={p['works']}"
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000

@@ -263,7 +263,8 @@ def print_verify(result, stdout: Console) -> None:
     t.add_column("last steps", justify="right")
     t.add_column("result")
     ok = lambda b: "[green]pass[/green]" if b else "[red]fail[/red]"  # noqa: E731
-    t.add_row("overlap ratio rises", f"{c['overlap_first']:.3f}", f"{c['overlap_last']:.3f}", ok(c["overlap_rises"]))
+    t.add_row("overlap ratio rises", f"{c['overlap_first']:.3f}", f"{c['overlap_last']:.3f}",
+              "n/a (k = vocabulary)" if c["overlap_rises"] is None else ok(c["overlap_rises"]))
     t.add_row("top-k reverse KL falls", f"{c['kl_first']:.3f}", f"{c['kl_last']:.3f}", ok(c["kl_falls"]))
     if "accuracy" in c:
         t.add_row("held-out accuracy (noise ±%.3f)" % c["accuracy_noise"], f"{c['accuracy_start']:.3f}",
@@ -376,3 +377,23 @@ def print_selection(doc: dict, stdout: Console, stderr: Console) -> None:
     stdout.print(escape(selection_deltas(doc)), highlight=False)
     for w in doc.get("warnings", []):
         stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
+
+
+def print_prediction_table(rows: list[dict], stdout: Console) -> None:
+    """The demo's closing table: each verdict beside the OPD outcome measured on the same pair (demo.prediction_rows)."""
+    t = Table(title="probe verdict vs. real OPD on the same pair (docs/zoo.md)", header_style="bold",
+              caption="measured: held-out hard accuracy before → after OPD, per OPD seed; OPD works when every seed "
+                      "gains and the mean gain is at least 0.10; teacher's accuracy")
+    for col in ("student ← teacher", "verdict (reasons)", "measured OPD outcome", "prediction"):
+        t.add_column(col)
+    for r in rows:
+        verdict = f"{STATUS_STYLE.get(r['verdict'], r['verdict'])} ({', '.join(r['reasons']) or '–'})"
+        m = r["measured"]
+        if m is None:
+            t.add_row(r["pair"], verdict, "[dim]not measured[/dim]", "–")
+            continue
+        after = ", ".join(f"{a:.2f}" for a in m["hard_after"])
+        label = "[green]OPD works[/green]" if m["works"] else "[red]OPD fails[/red]"
+        outcome = f"{label}: {m['hard_before']:.2f} → {after}, mean Δ {m['delta']:+.3f} (teacher {m['teacher_hard']:.2f})"
+        t.add_row(r["pair"], verdict, outcome, "[green]right[/green]" if r["agrees"] else "[red]wrong[/red]")
+    stdout.print(t)

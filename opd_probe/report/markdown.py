@@ -65,7 +65,8 @@ def summary_markdown(results: ProbeResults) -> str:
         lines += [f"- `{_md(n)}` {m}: exact at {a['exact_fraction']:.0%} of states; {_md(a['how'])}"
                   if a.get("exact_fraction") is not None else f"- `{_md(n)}` {m}: {_md(a['how'])}"
                   for n, m, a in approx]
-    lines += ["", "Thresholds are provisional until calibrated on the model zoo; see docs/metrics.md.", ""]
+    lines += ["", "Thresholds: checked on the model zoo where it could test them, provisional elsewhere; see "
+              "docs/metrics.md and docs/zoo.md.", ""]
     return "\n".join(lines)
 
 

@@ -11,7 +11,16 @@ from ..errors import ModelLoadError
 
 ZOO_MODELS = Path(__file__).resolve().parent / "models"
 ZOO_PROMPTS = Path(__file__).resolve().parent / "prompts"
+GROUND_TRUTH = Path(__file__).resolve().parent / "ground_truth.json"
 PREFIX = "zoo:"
+
+
+def calibration_agrees(status: str | None, works: bool) -> bool:
+    """Whether a verdict is right about a measured OPD outcome: GO exactly for the pairs where OPD worked.
+
+    CAUTION and NO-GO both count as warning against the pair: a warning on a pair that works is a false alarm, and
+    GO on a pair that fails is a miss (docs/zoo.md, "Calibration")."""
+    return (status == "go") == bool(works)
 
 
 def names() -> list[str]:

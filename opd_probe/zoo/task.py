@@ -35,8 +35,13 @@ def prompt_text(a: int, b: int) -> str:
     return f"{a:05d}+{b:05d}"
 
 
-def scratchpad(a: int, b: int, fmt: str, rng: random.Random) -> str:
-    """The response for ``a + b`` in format ``fmt``; digit order within each step drawn from ``rng``."""
+def scratchpad(a: int, b: int, fmt: str, rng: random.Random, drop_carry: float = 0.0) -> str:
+    """The response for ``a + b`` in format ``fmt``; digit order within each step drawn from ``rng``.
+
+    ``drop_carry``: the probability that a 6-digit sum's answer loses its leading carry digit (``Answer: 60641``
+    for 160641) although the scratchpad's last step shows it: the student's flawed data (build.py). Drawn from
+    ``rng`` only when positive, so clean data is unchanged by the option.
+    """
     da, db = f"{a:05d}"[::-1], f"{b:05d}"[::-1]
     carry, steps = 0, []
     for x, y in zip(da, db):
@@ -48,7 +53,10 @@ def scratchpad(a: int, b: int, fmt: str, rng: random.Random) -> str:
         else:
             steps.append(f"{x}+{y}+{carry}={s}" + (";" if fmt == "aligned" else ","))
         carry = s // 10
-    return "".join(steps) + f"Answer: {a + b}"
+    answer = str(a + b)
+    if drop_carry > 0 and len(answer) == 6 and rng.random() < drop_carry:
+        answer = answer[1:]
+    return "".join(steps) + f"Answer: {answer}"
 
 
 def sample_problems(rng: random.Random, n: int, hard_share: float, mid_share: float = 0.3) -> list[tuple[int, int]]:
