@@ -139,3 +139,18 @@ def test_shipped_zoo_verdicts_match_the_recorded_ground_truth(tmp_path):
         else:
             assert rows[name]["agrees"], f"{name}: verdict {rows[name]['verdict']} but OPD works={p['works']}"
     assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
+
+
+def test_shipped_prompt_sets_are_what_the_builder_writes(tmp_path):
+    from opd_probe.zoo import ZOO_PROMPTS
+    from opd_probe.zoo.build import write_prompts
+
+    write_prompts(tmp_path)
+    for name in ("train", "probe", "heldout-hard", "heldout-easy"):
+        assert (tmp_path / f"{name}.jsonl").read_text() == (ZOO_PROMPTS / f"{name}.jsonl").read_text(), name
+    import json
+
+    prompts = {name: {json.loads(line)["prompt"] for line in (ZOO_PROMPTS / f"{name}.jsonl").read_text().splitlines()}
+               for name in ("train", "probe", "heldout-hard", "heldout-easy")}
+    assert len(prompts["probe"]) == 64
+    assert not prompts["probe"] & (prompts["train"] | prompts["heldout-hard"] | prompts["heldout-easy"])

@@ -89,20 +89,19 @@ def write_prompts(out: Path, seed: int = 777) -> None:
     rng = random.Random(seed)
     hard, easy = heldout()
     seen = {prompt_text(a, b) for a, b in hard + easy}
-    train_set = []
-    while len(train_set) < 256:
-        kind = "hard" if len(train_set) % 2 == 0 else rng.choice(["easy", "mid"])
-        a, b = problem(rng, kind)
-        if prompt_text(a, b) not in seen:
-            seen.add(prompt_text(a, b))
-            train_set.append((a, b))
-    probe_set = []  # the demo's and the calibration's probe prompts: like train, disjoint from every other split
-    while len(probe_set) < 64:
-        kind = "hard" if len(probe_set) % 2 == 0 else rng.choice(["easy", "mid"])
-        a, b = problem(rng, kind)
-        if prompt_text(a, b) not in seen:
-            seen.add(prompt_text(a, b))
-            probe_set.append((a, b))
+    def mixed(n: int) -> list[tuple[int, int]]:
+        """n new problems, alternately hard and easy/mid, none seen in an earlier split."""
+        out_set: list[tuple[int, int]] = []
+        while len(out_set) < n:
+            kind = "hard" if len(out_set) % 2 == 0 else rng.choice(["easy", "mid"])
+            a, b = problem(rng, kind)
+            if prompt_text(a, b) not in seen:
+                seen.add(prompt_text(a, b))
+                out_set.append((a, b))
+        return out_set
+
+    train_set = mixed(256)
+    probe_set = mixed(64)  # the demo's and the calibration's probe prompts: like train, disjoint from the others
     for name, probs in (("train", train_set), ("probe", probe_set), ("heldout-hard", hard), ("heldout-easy", easy)):
         lines = [json.dumps({"id": f"{name}-{i:03d}", "prompt": prompt_text(a, b), "answer": str(a + b)})
                  for i, (a, b) in enumerate(probs)]
