@@ -547,8 +547,8 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
     from .report.markdown import summary_markdown
 
     stdout, stderr = _consoles()
-    results = []
-    for cfg in zoo_configs(out):
+    configs, results = zoo_configs(out), []
+    for cfg in configs:
         with RichProgress(stderr, enabled=not quiet) as progress:
             res = run_probe(cfg, progress=progress)
         atomic_write_text(Path(cfg.out) / "summary.md", summary_markdown(res))
@@ -557,12 +557,12 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
             print_results(res, stdout, stderr)
     rows = prediction_rows(results, ground_truth())
     html = Path(out) / "report.html"
-    size = write_html([cfg.out for cfg in zoo_configs(out)], html)
+    size = write_html([cfg.out for cfg in configs], html)
     if json_out:
         sys.stdout.write(dumps({"runs": [r.to_dict() for r in results], "predictions": rows}) + "\n")
     else:
         print_prediction_table(rows, stdout)
-    stderr.print(f"[dim]wrote {', '.join(str(Path(c.out)) for c in zoo_configs(out))} and {html} "
+    stderr.print(f"[dim]wrote {', '.join(c.out for c in configs)} and {html} "
                  f"({size / 1024:.0f} KiB)[/dim]")
     return EXIT_OK
 

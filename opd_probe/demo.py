@@ -35,7 +35,7 @@ ZOO_PROBE_SETTINGS = dict(samples=4, max_new_tokens=96, top_k=4, continuation_de
 
 
 def zoo_configs(out: Path) -> list[ProbeConfig]:
-    """One ProbeConfig per zoo probe (out/student, out/successor), the settings the ground truth was recorded with."""
+    """One ProbeConfig per zoo probe (out/<student>), with the settings the ground truth was recorded with."""
     from .zoo import ZOO_PROMPTS, names
 
     missing = {s for s, ts in ZOO_PROBES for s in (s, *ts)} - set(names())
