@@ -7,7 +7,6 @@ so an interrupted run resumes without redoing them, and --reuse scores new teach
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import platform
@@ -23,10 +22,10 @@ import numpy as np
 
 from . import __version__, costs, metrics, novelty, templates
 from .backends import check_backend, close_model, load_backend_model
-from .backends.base import ModelSpec, SamplingSettings, ScoreArrays
+from .backends.base import ModelSpec, SamplingSettings, ScoreArrays, release_memory
 from .config import ProbeConfig
 from .errors import InputError, ModelLoadError
-from .prompts import load_prompts
+from .prompts import load_prompts, template_hash
 from .report.io import OutDir
 from .thresholds import Thresholds
 from .types import PairResult, ProbePrompt, ProbeResults, Rollout
@@ -72,14 +71,7 @@ def _spec(path: str, cfg: ProbeConfig) -> ModelSpec:
 def _free(model) -> None:
     close_model(model)  # a vLLM engine holds a process and GPU memory until it is shut down
     del model
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    release_memory()
 
 
 def environment() -> dict:
@@ -643,8 +635,8 @@ def _score_templates(cfg: ProbeConfig, teacher, name: str, slug: str, rollouts: 
     specials = sorted(set(getattr(tok, "all_special_tokens", [])) | set(tok.get_added_vocab()))
     info.update({
         "prompts_differing": len(differing), "prompts": len({r.prompt_index for r in rollouts}),
-        "student_template_hash": _hash(getattr(student_tok, "chat_template", None)) if cfg.chat_template else None,
-        "teacher_template_hash": _hash(tok.chat_template),
+        "student_template_hash": template_hash(student_tok) if cfg.chat_template else None,
+        "teacher_template_hash": template_hash(tok),
         "student_rendering": "chat template" if cfg.chat_template else "plain text (--no-chat-template)",
         "example": {"prompt_id": first.prompt_id, "student": student_text, "teacher": teacher_text},
         "differences": templates.describe_differences(
@@ -665,14 +657,6 @@ def _score_templates(cfg: ProbeConfig, teacher, name: str, slug: str, rollouts: 
     if tt_slug != slug:
         info["scores_dir"] = f"scores/{tt_slug}"
     return by_template, info
-
-
-def _hash(template) -> str | None:
-    """The chat-template fingerprint the backends record (sha256 of the template string, 16 hex digits)."""
-    if not template:
-        return None
-    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------- approximations

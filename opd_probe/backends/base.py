@@ -133,3 +133,17 @@ class Backend(Protocol):
         k: int,
         query_ids_LQ: Sequence[np.ndarray] | None = None,
     ) -> list[ScoreArrays]: ...
+
+
+def release_memory() -> None:
+    """Collect garbage and hand cached CUDA memory back, after a model was dropped, so the next one can load."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass

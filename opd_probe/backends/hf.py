@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
+from ..prompts import template_hash
 from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
 
 # Bytes one chunk of output-head work may use: a float32 logits buffer and one same-sized scratch buffer.
@@ -258,7 +259,6 @@ class HFModel:
     def _info(self) -> dict:
         cfg = self.model.config
         tok = self.tokenizer
-        template = getattr(tok, "chat_template", None)
         return {
             "path": self.spec.path,
             "revision": getattr(cfg, "_commit_hash", None) or self.spec.revision,
@@ -271,7 +271,7 @@ class HFModel:
             "head_size": self.head_size,
             "context_length": self.context_length(),
             "tokenizer_hash": vocab_hash(tok.get_vocab()),
-            "chat_template_hash": hashlib.sha256(template.encode()).hexdigest()[:16] if template else None,
+            "chat_template_hash": template_hash(tok),
             "eos_token_ids": self.eos_ids(),
             "backend": "hf",
         }

@@ -21,14 +21,14 @@ What vLLM returns, and what the probe makes of it (docs/vllm.md has the measured
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import InputError, ModelLoadError
-from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
+from ..prompts import template_hash
+from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays, release_memory
 
 # How each approximation is made, for results.json and the reports (the numbers K' and the bound are filled in).
 HOW_ENTROPY = ("vLLM returns top-K' log-probs only: entropy is the lower bound -Σ_top p log p - r log p_(K') "
@@ -296,22 +296,12 @@ class VLLMModel:
                 core.shutdown()
         finally:
             del llm, core
-            import gc
-
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except ImportError:  # pragma: no cover
-                pass
+            release_memory()
 
     def _info(self) -> dict:
         from .hf import vocab_hash
 
         tok = self.tokenizer
-        template = getattr(tok, "chat_template", None)
         cfg = self.config
         try:
             import vllm
@@ -332,7 +322,7 @@ class VLLMModel:
             "head_size": self.head_size,
             "context_length": self.context_length(),
             "tokenizer_hash": vocab_hash(tok.get_vocab()),
-            "chat_template_hash": hashlib.sha256(template.encode()).hexdigest()[:16] if template else None,
+            "chat_template_hash": template_hash(tok),
             "eos_token_ids": self.eos_ids(),
             "backend": "vllm",
             "vllm_version": version,
