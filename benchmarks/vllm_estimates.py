@@ -40,7 +40,7 @@ def main() -> None:
     from opd_probe.backends.hf import HFModel
     from opd_probe.backends.vllm import entropy_lower_bound, query_from_topk
     from opd_probe.prompts import load_prompts
-    from opd_probe.smollm2 import smollm2_dir
+    from opd_probe.lab.smollm2 import smollm2_dir
 
     def load(layers=None):
         return HFModel.load(ModelSpec(str(smollm2_dir(num_layers=layers)), device="cpu", dtype="float32"))

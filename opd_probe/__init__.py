@@ -13,11 +13,11 @@ __all__ = ["__version__", "run_probe", "load_results", "ProbeConfig"]
 
 def __getattr__(name):
     if name == "run_probe":
-        from .pipeline import run_probe
+        from .run.probe import run_probe
 
         return run_probe
     if name == "load_results":
-        from .report.io import load_results
+        from .rundir import load_results
 
         return load_results
     if name == "ProbeConfig":

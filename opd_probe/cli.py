@@ -213,8 +213,8 @@ def select_prompts(
     """Keep the candidate training prompts the TEACHER is most aligned with at the STUDENT's own states, mixed
     with out-of-distribution ones (paper section 5.2)."""
     from .report.console import RichProgress, print_selection
-    from .report.io import dumps
-    from .select_prompts import SelectConfig, run_select
+    from .rundir import dumps
+    from .run.select import SelectConfig, run_select
 
     cfg = SelectConfig(
         student=student, teacher=teacher, pool=str(pool), out=str(out), keep=keep, work=str(work) if work else "",
@@ -324,9 +324,9 @@ def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | No
 
 def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),
                    exit_zero: bool = False, summary_md: Path | None = None, html: Path | None = None) -> int:
-    from .pipeline import run_probe
+    from .run.probe import run_probe
     from .report.console import RichProgress, print_results
-    from .report.io import atomic_write_text, dumps
+    from .rundir import atomic_write_text, dumps
     from .report.markdown import summary_markdown
 
     stdout, stderr = _consoles()
@@ -382,7 +382,7 @@ def report(
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
     from .report.html import load_runs, report_markdown, write_html
-    from .report.io import dumps
+    from .rundir import dumps
 
     plan = _plan_values(plan_steps, plan_batch, plan_max_tokens)
     loaded = load_runs(runs)
@@ -407,7 +407,7 @@ def report(
         stderr.print(f"[dim]wrote {html} ({size / 1024:.0f} KiB)[/dim]")
     if md is not None:
         from .errors import OutputError
-        from .report.io import atomic_write_text
+        from .rundir import atomic_write_text
 
         try:
             atomic_write_text(Path(md).expanduser(), report_markdown(loaded))
@@ -422,7 +422,7 @@ def report(
         from rich.markup import escape
 
         from .report.console import print_results, print_selection, print_verify
-        from .verify import VerifyResult
+        from .run.verify import VerifyResult
 
         for r in loaded:
             if len(loaded) > 1:
@@ -476,7 +476,7 @@ def verify(
 ):
     """Run a short real OPD (student samples, teacher scores, top-k reverse-KL updates) and check the outcome."""
     from .errors import InputError
-    from .verify import VerifyConfig
+    from .run.verify import VerifyConfig
 
     if prompts is None:
         raise InputError("verify needs training prompts", fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
@@ -499,8 +499,8 @@ def verify(
     if out is None:
         raise InputError("verify needs an output directory", fix="pass --out DIR")
     from .report.console import RichProgress, print_verify
-    from .report.io import dumps
-    from .verify import run_verify
+    from .rundir import dumps
+    from .run.verify import run_verify
 
     stdout, stderr = _consoles()
     with RichProgress(stderr, enabled=not quiet) as progress:
@@ -529,7 +529,7 @@ def demo(
     measured with `opd-probe verify` (docs/zoo.md). Writes one run folder per student under OUT, and
     OUT/report.html.
     """
-    from .demo import smollm2_config
+    from .lab.demo import smollm2_config
 
     stdout, stderr = _consoles()
     if smollm2:
@@ -539,11 +539,11 @@ def demo(
 
 
 def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
-    from .demo import ground_truth, prediction_rows, zoo_configs
-    from .pipeline import run_probe
+    from .lab.demo import ground_truth, prediction_rows, zoo_configs
+    from .run.probe import run_probe
     from .report.console import RichProgress, print_prediction_table, print_results
     from .report.html import write_html
-    from .report.io import atomic_write_text, dumps
+    from .rundir import atomic_write_text, dumps
     from .report.markdown import summary_markdown
 
     stdout, stderr = _consoles()

@@ -10,8 +10,8 @@ from .errors import InputError
 DEFAULT_TOP_K = 16  # paper section 4.2; thunlp/OPD LOG_PROB_TOP_K=16
 DEFAULT_TEMPERATURE = 1.0  # OPD samples the student at T=1 (paper section 3.1, thunlp/OPD rollout settings)
 DEFAULT_SAMPLES = 4  # thunlp/OPD: n=4 responses per prompt
-DEFAULT_DEPTH_BUCKET = 256  # design section 3: response positions [0,256), [256,512), ...
-# Cost plan defaults: the paper's OPD run (paper-digest section 3b): 64 prompts x 4 responses per step, responses
+DEFAULT_DEPTH_BUCKET = 256  # docs/metrics.md: response positions [0,256), [256,512), ...
+# Cost plan defaults: the paper's OPD run (arXiv 2604.13016 App. A.1): 64 prompts x 4 responses per step, responses
 # up to 7168 tokens.
 DEFAULT_PLAN_BATCH = 256
 DEFAULT_PLAN_MAX_TOKENS = 7168

@@ -3,7 +3,7 @@
 No models, no IO, no torch. The probe measured, on this hardware and backend, how many response tokens per
 second the student samples and how many (prompt + response) tokens per second each teacher scores. A planned run
 of S steps x B sequences samples S*B responses and has every teacher score each of them once (the reference
-trainer's per-step teacher pass; paper-digest section 3). Response length is the big unknown, so the projection
+trainer's per-step teacher pass; arXiv 2604.13016 App. A.1). Response length is the big unknown, so the projection
 is a range: "low" uses the probe's mean response length (capped at the planned maximum), "high" assumes every
 response runs to the planned maximum.
 """

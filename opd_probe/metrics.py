@@ -77,7 +77,7 @@ def per_state_metrics(
         adv_N = np.where(count_N > 0, terms.sum(axis=1) / np.maximum(count_N, 1), np.nan)
 
     # Top-k reverse KL (the reference trainer's step-0 loss): student top-k, weights = p renormalised on the
-    # student's top-k, full-vocabulary log-probs inside the log ratio (paper-digest section 3, item 4).
+    # student's top-k, full-vocabulary log-probs inside the log ratio (the reference trainer thunlp/OPD's student_p reward; docs/metrics.md).
     coverage_p_N = p_NK.sum(axis=1)
     ptilde_NK = p_NK / coverage_p_N[:, None]
     kl_topk_N = (ptilde_NK * (s_lp - q_at_s)).sum(axis=1)

@@ -1,6 +1,6 @@
 """Equivalent settings for a real OPD run on an existing engine (`opd-probe verify --print-recipe verl|trl`).
 
-verl: the paper's reference trainer (thunlp/OPD, a modified verl 0.7; paper-digest section 3). TRL: GKDTrainer
+verl: the paper's reference trainer (thunlp/OPD, a modified verl 0.7; arXiv 2604.13016 App. A.1). TRL: GKDTrainer
 with lmbda=1 (fully on-policy student samples) and beta=1 (reverse KL); TRL computes the divergence over the full
 vocabulary rather than the student's top-k, so the loss scale differs while the fixed point is the same.
 """
@@ -17,7 +17,7 @@ def recipe(engine: str, cfg) -> str:
             if cfg.cold_start else "")
     if engine == "verl":
         return (
-            "# thunlp/OPD on_policy_distillation.sh (verl); paper-digest section 3\n"
+            "# thunlp/OPD on_policy_distillation.sh (verl); arXiv 2604.13016 App. A.1\n"
             f"{cold}"
             f"STUDENT_MODEL={cfg.student}\n"
             f"TEACHER_MODEL={cfg.teacher}\n"

@@ -1,4 +1,4 @@
-"""Pure: teacher-aligned prompt selection (paper §5.2; paper-digest section 8.2). No models, no IO, no torch.
+"""Pure: teacher-aligned prompt selection (arXiv 2604.13016 §5.2, App. C.3-C.4). No models, no IO, no torch.
 
 A candidate pool is scored per prompt (the mean of each per-state metric over the prompt's own rollouts); the
 most teacher-aligned prompts are kept, and a fixed share of the kept set is drawn from the rest of the pool,
@@ -40,7 +40,7 @@ RANK_BY: dict[str, tuple[str, bool]] = {
     "kl": ("topk_reverse_kl", False),
 }
 DEFAULT_RANK_BY = "mass"
-# Share of the kept set drawn from outside the aligned top. The paper gives no ratio (paper-digest §8.2, §11):
+# Share of the kept set drawn from outside the aligned top. The paper gives no ratio (arXiv 2604.13016 §5.2):
 # a default, not a measured optimum; docs/recipe.md gives the reasoning.
 DEFAULT_OOD_FRACTION = 0.3
 

@@ -1,6 +1,6 @@
 """The verdict's thresholds: one place, each with its provenance, overridable from a config file and flags.
 
-The paper (arXiv 2604.13016) gives no thresholds and no step-0 numbers for failing pairs (paper-digest section 11),
+The paper (arXiv 2604.13016) gives no thresholds and no step-0 numbers for failing pairs,
 so every default started as a reading of the paper's reported values for successful runs where it has them, and a
 stated guess where it has none. The model zoo (docs/zoo.md) checks them against measured OPD outcomes; each
 provenance says what the zoo showed, or stays "provisional" where the zoo could not test it.
@@ -50,7 +50,7 @@ PROVENANCE: dict[str, str] = {
     "mass_nogo": "paper app. B.1 reports 0.97-0.99 shared-token mass in healthy runs; §5.2/C.2: low and unstable "
                  "mass for the base-init (mismatched) run; checked on the zoo (docs/zoo.md): OPD collapsed the "
                  "student to 0 from teachers at mass 0.26 and 0.73 and did not from those at 0.99-1.00",
-    "mass_caution": "provisional: paper-digest §10.2 suggestion (mass < 0.9 = mismatch); healthy runs sit at 0.97+",
+    "mass_caution": "provisional, not from the paper: mass < 0.9 read as a mismatch; healthy runs sit at 0.97+",
     "ratio_max_coverage": "measured on the zoo (docs/zoo.md, k=4): when the student's top-k holds more than this "
                           "share of its probability, the ranks past its one or two real candidates are tail noise "
                           "(the aligned teacher: ratio 0.51 at top-k coverage 0.999 while the shared mass is 0.99, "

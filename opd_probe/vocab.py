@@ -1,4 +1,4 @@
-"""Student/teacher vocabulary agreement (design section 5). Pure: works on token -> id dicts."""
+"""Student/teacher vocabulary agreement (the teacher scores the student's token ids, so ids must mean the same strings). Pure: works on token -> id dicts."""
 
 from __future__ import annotations
 

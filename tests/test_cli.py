@@ -78,7 +78,7 @@ def base(tmp_path_factory, student, other):
     out = tmp_path_factory.mktemp("base") / "run"
     run = compare(student, student, other, out=out, extra=[*SMALL, "--json"])
     assert run.code == 0, run.err
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
 
     return run, out, load_results(out)
 
@@ -106,7 +106,7 @@ def test_compare_writes_the_out_dir_and_pure_json(base, student, other):
 
 
 def test_results_round_trip(base):
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
     from opd_probe.types import ProbeResults
 
     r = load_results(base[1])
@@ -155,7 +155,7 @@ def test_a_different_model_overlaps_less_and_ranks_second(base, student, other):
 
 # ------------------------------------------------------------------------------------------------ 3. determinism
 def test_same_command_same_results(base, student, other, tmp_path):
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
 
     run = compare(student, student, other, out=tmp_path / "again", extra=[*SMALL, "--quiet"])
     assert run.code == 0, run.err
@@ -176,7 +176,7 @@ def reuse_source(tmp_path_factory, student):
 
 
 def test_reuse_scores_a_new_teacher_on_the_old_states(base, reuse_source, student, other, tmp_path):
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
 
     out = tmp_path / "B"
     run = compare(student, other, out=out, prompts=None,
@@ -206,7 +206,7 @@ def test_reuse_with_another_top_k_is_refused(reuse_source, student, other, tmp_p
 
 # ------------------------------------------------------------------------------------------------ 5. resume
 def test_resume_after_an_interruption_gives_the_uninterrupted_results(base, base_copy, student, other):
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
 
     run_dir = base_copy
     (run_dir / "results.json").unlink()
@@ -232,7 +232,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_results(base, base
 def test_interrupt_then_resume(base, student, other, tmp_path, monkeypatch):
     """Ctrl-C while a teacher scores -> exit 2 naming --resume; the same command plus --resume finishes it."""
     from opd_probe.backends.hf import HFModel
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
 
     real_score = HFModel.score
 
@@ -278,7 +278,7 @@ def test_non_empty_out_dir_is_left_alone(base_copy, student, other):
 
 
 def test_overwrite_replaces_the_previous_run(base, base_copy, student, other):
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
 
     run = compare(student, other, out=base_copy, extra=[*TINIEST, "--overwrite"])
     assert run.code == 0, run.err

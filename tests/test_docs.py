@@ -30,7 +30,7 @@ def test_recipe_defaults_are_documented_and_agree_with_the_cli():
     import inspect
 
     from opd_probe import cli, selection
-    from opd_probe.select_prompts import DEFAULT_PROBE_SAMPLES, SelectConfig
+    from opd_probe.run.select import DEFAULT_PROBE_SAMPLES, SelectConfig
 
     doc = (ROOT / "docs" / "recipe.md").read_text()
     assert f"| `--ood-fraction F` | {selection.DEFAULT_OOD_FRACTION} |" in doc

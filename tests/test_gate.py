@@ -270,14 +270,14 @@ def test_missing_config_file_is_exit_2(student, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ crashes
 def test_a_crash_while_deciding_is_exit_2_never_1(student, other, tmp_path, monkeypatch):
-    import opd_probe.pipeline
+    import opd_probe.run.probe
     import opd_probe.verdict
 
     def boom(*a, **k):
         raise RuntimeError("injected verdict crash")
 
     monkeypatch.setattr(opd_probe.verdict, "decide", boom)
-    monkeypatch.setattr(opd_probe.pipeline, "decide", boom)  # the pipeline imported the name itself
+    monkeypatch.setattr(opd_probe.run.probe, "decide", boom)  # the pipeline imported the name itself
     for flags in (["--gate"], ["--strict"], ["--gate", "--exit-zero"]):
         run = compare(student, other, out=tmp_path / "run", extra=[*flags, "--overwrite"])
         assert run.code == 2, (flags, run.err)

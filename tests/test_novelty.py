@@ -101,7 +101,7 @@ def models(tiny_model):
 @pytest.fixture(scope="module")
 def probe(models, tmp_path_factory):
     from opd_probe.config import ProbeConfig
-    from opd_probe.pipeline import run_probe
+    from opd_probe.run.probe import run_probe
 
     student, twin, other = models
     cfg = ProbeConfig(student=str(student), teachers=(str(student), str(twin), str(other)),
@@ -158,7 +158,7 @@ def test_continuation_gain_entries(probe):
 
 def test_continuation_depths_need_answers(models, tmp_path):
     from opd_probe.config import ProbeConfig
-    from opd_probe.pipeline import run_probe
+    from opd_probe.run.probe import run_probe
 
     student = str(models[0])
     cfg = ProbeConfig(student=student, teachers=(student,), out=str(tmp_path / "run"), prompts=str(NO_ANSWERS),

@@ -10,7 +10,7 @@ import torch
 from opd_probe.backends import hf
 from opd_probe.backends.base import ModelSpec
 from opd_probe.config import ProbeConfig
-from opd_probe.pipeline import run_probe
+from opd_probe.run.probe import run_probe
 from opd_probe.types import ProbePrompt
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_self_pair_is_exact_and_a_deeper_teacher_is_closer(smollm2, tmp_path):
 
 def test_verify_runs_on_smollm2(smollm2, tmp_path):
     """A short real OPD on a real architecture (tied embeddings): SmolLM2 cut to 24 layers <- full SmolLM2."""
-    from opd_probe.verify import VerifyConfig, run_verify
+    from opd_probe.run.verify import VerifyConfig, run_verify
 
     cfg = VerifyConfig(student=str(smollm2(24)), teacher=str(smollm2()), out=str(tmp_path / "v"),
                        prompts="sample_prompts/tiny.jsonl", steps=3, batch_prompts=1, samples=2, max_new_tokens=16,

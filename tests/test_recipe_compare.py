@@ -133,7 +133,7 @@ def test_throughput_and_plan_in_results(run, models):
         assert plan["teachers"][p["teacher"]]["seconds"]["low"] == pytest.approx(
             80 * (ro["response_length_mean"] + ro["prompt_length_mean"]) / rate)
     assert any("same hardware" in a for a in plan["assumptions"])
-    from opd_probe.report.io import load_results
+    from opd_probe.rundir import load_results
     from opd_probe.types import ProbeResults
 
     r = load_results(out)

@@ -181,7 +181,7 @@ def test_every_plot_is_an_inline_png(html_both):
 
 def test_token_view_data_matches_the_out_dir(runs, html_both):
     """Tooltip data: tokens in rollout order, top ids and probabilities from the right rows of the score parts."""
-    from opd_probe.report.io import OutDir
+    from opd_probe.rundir import OutDir
 
     page = Page(html_both)
     data = token_data(page)

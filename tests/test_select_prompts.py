@@ -131,7 +131,7 @@ def _reselect(student, teacher, resel, *extra) -> Run:
 @pytest.mark.parametrize("keep,frac", [(11, 0.0), (11, 1.0), (5, 0.5), (7, 0.3)])
 def test_ood_fraction_is_respected_exactly_and_rescoring_is_not_needed(student, teacher, resel, keep, frac,
                                                                        monkeypatch):
-    from opd_probe import select_prompts
+    from opd_probe.run import select as select_prompts
 
     monkeypatch.setattr(select_prompts, "score_chunk", lambda *a, **k: pytest.fail("rescored a finished pool"))
     run = _reselect(student, teacher, resel, "--keep", keep, "--ood-fraction", frac)
@@ -155,7 +155,7 @@ def test_keep_beyond_the_scorable_prompts_is_exit_2_and_resumable(student, teach
 
 # ------------------------------------------------------------------------------------------------ resume
 def test_interrupted_selection_resumes_without_rescoring(base, student, teacher, tmp_path, monkeypatch):
-    from opd_probe import select_prompts
+    from opd_probe.run import select as select_prompts
 
     _, d, pool = base
     real = select_prompts.score_chunk

@@ -10,7 +10,7 @@ from opd_probe.backends import hf
 from opd_probe.backends.base import ModelSpec, SamplingSettings
 from opd_probe.cli import main
 from opd_probe.recipe import recipe
-from opd_probe.verify import VerifyConfig, judge, opd_loss
+from opd_probe.run.verify import VerifyConfig, judge, opd_loss
 
 PROMPTS = "sample_prompts/tiny.jsonl"
 

@@ -32,8 +32,8 @@ from clirun import cli  # noqa: E402
 
 from opd_probe.backends.base import ModelSpec, SamplingSettings, ScoreArrays  # noqa: E402
 from opd_probe.config import ProbeConfig  # noqa: E402
-from opd_probe.pipeline import run_probe, teacher_slug  # noqa: E402
-from opd_probe.report.io import OutDir  # noqa: E402
+from opd_probe.run.probe import run_probe, teacher_slug  # noqa: E402
+from opd_probe.rundir import OutDir  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("one_torch_thread")]
 

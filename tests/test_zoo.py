@@ -1,4 +1,4 @@
-"""The zoo's task, tokenizer and role checks (the zoo itself is built by python -m opd_probe.zoo.build)."""
+"""The zoo's task, tokenizer and role checks (the zoo itself is built by python -m opd_probe.lab.build)."""
 
 import random
 
@@ -7,9 +7,9 @@ import pytest
 from opd_probe.answers import is_correct
 from opd_probe.errors import ModelLoadError
 from opd_probe.zoo import resolve
-from opd_probe.zoo.build import role_checks
-from opd_probe.zoo.task import FORMATS, problem, prompt_text, scratchpad
-from opd_probe.zoo.train import encode, make_tokenizer
+from opd_probe.lab.build import role_checks
+from opd_probe.lab.task import FORMATS, problem, prompt_text, scratchpad
+from opd_probe.lab.train import encode, make_tokenizer
 
 
 def test_scratchpads_are_correct_and_checkable():
@@ -74,7 +74,7 @@ def test_unknown_zoo_name_is_a_clear_error():
 
 
 def test_ground_truth_table_renders():
-    from opd_probe.zoo.ground_truth import zoo_markdown
+    from opd_probe.lab.ground_truth import zoo_markdown
 
     run = {"hard_before": 0.0, "hard_opd_start": 0.0, "hard_after": 0.3, "gap_recovery": 0.4, "easy_after": 1.0,
            "outcome": "gain"}
@@ -105,7 +105,7 @@ def test_demo_without_the_zoo_exits_2_naming_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "ZOO_MODELS", tmp_path / "nowhere")
     r = cli("demo", "--out", tmp_path / "run", "--quiet")
     assert r.code == 2
-    assert "zoo is incomplete" in r.err and "python -m opd_probe.zoo.build" in r.err
+    assert "zoo is incomplete" in r.err and "python -m opd_probe.lab.build" in r.err
     assert not (tmp_path / "run").exists()
 
 
@@ -121,10 +121,10 @@ def test_shipped_zoo_verdicts_match_the_recorded_ground_truth(tmp_path):
     pair but the documented miss."""
     from clirun import cli
 
-    from opd_probe.demo import ground_truth
+    from opd_probe.lab.demo import ground_truth
 
     truth = ground_truth()
-    assert truth is not None, "zoo/ground_truth.json is missing: run python -m opd_probe.zoo.ground_truth"
+    assert truth is not None, "zoo/ground_truth.json is missing: run python -m opd_probe.lab.ground_truth"
     r = cli("demo", "--out", tmp_path / "demo", "--quiet", "--json")
     assert r.code == 0, r.err
     import json
@@ -143,7 +143,7 @@ def test_shipped_zoo_verdicts_match_the_recorded_ground_truth(tmp_path):
 
 def test_shipped_prompt_sets_are_what_the_builder_writes(tmp_path):
     from opd_probe.zoo import ZOO_PROMPTS
-    from opd_probe.zoo.build import write_prompts
+    from opd_probe.lab.build import write_prompts
 
     write_prompts(tmp_path)
     for name in ("train", "probe", "heldout-hard", "heldout-easy"):

@@ -69,7 +69,7 @@ CHAT_TEMPLATE = (
 )
 
 # SmolLM2 lives in the package (the demo uses it too); re-exported here for the tests.
-from opd_probe.smollm2 import (  # noqa: E402,F401
+from opd_probe.lab.smollm2 import (  # noqa: E402,F401
     SMOLLM2_VOCAB,
     default_cache_dir,
     smollm2_available,

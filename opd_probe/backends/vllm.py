@@ -226,7 +226,7 @@ class VLLMModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, spec: ModelSpec, role: str = "model") -> "VLLMModel":
-        from .hf import context_length_of, load_config, load_tokenizer, resolve_model_path
+        from .loading import context_length_of, load_config, load_tokenizer, resolve_model_path
 
         path = resolve_model_path(spec, role)
         config = load_config(path, spec, role)
@@ -299,7 +299,7 @@ class VLLMModel:
             release_memory()
 
     def _info(self) -> dict:
-        from .hf import vocab_hash
+        from .loading import vocab_hash
 
         tok = self.tokenizer
         cfg = self.config
@@ -347,7 +347,7 @@ class VLLMModel:
         mc = getattr(getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None), "model_config", None)
         n = getattr(mc, "max_model_len", None)
         if n is None:
-            from .hf import context_length_of
+            from .loading import context_length_of
 
             n = self.spec.max_model_len or context_length_of(self.config)
         return None if n is None else int(n) - 1
@@ -356,7 +356,7 @@ class VLLMModel:
         if self._eos is None:
             from transformers import GenerationConfig
 
-            from .hf import eos_ids_of
+            from .loading import eos_ids_of
 
             try:
                 gc = GenerationConfig.from_pretrained(self.path, revision=self.spec.revision)

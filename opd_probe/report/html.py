@@ -24,7 +24,7 @@ from .. import __version__
 from ..errors import InputError, OutputError
 from ..types import ProbeResults
 from .console import TEMPLATE_METRICS, short_names
-from .io import OutDir, atomic_write_text, load_results
+from ..rundir import OutDir, atomic_write_text, load_results
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_MAX_ROLLOUTS = 5
@@ -562,7 +562,7 @@ def _selection_section(run: Run, idx: int) -> dict:
     figs, notes = [], []
     scores_file = run.path / "scores.jsonl"
     if scores_file.is_file():
-        from ..select_prompts import read_scores
+        from ..run.select import read_scores
 
         metric = sel["rank_metric"]
         scores = read_scores(scores_file)

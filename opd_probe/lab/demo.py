@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .config import ProbeConfig
-from .errors import InputError
+from ..config import ProbeConfig
+from ..errors import InputError
 
 DEMO_PROMPTS = Path(__file__).resolve().parent.parent / "sample_prompts" / "tiny.jsonl"
 DEMO_TEACHER_LAYERS = (24, 16, 8)
@@ -36,19 +36,19 @@ ZOO_PROBE_SETTINGS = dict(samples=4, max_new_tokens=96, top_k=4, continuation_de
 
 def zoo_configs(out: Path) -> list[ProbeConfig]:
     """One ProbeConfig per zoo probe (out/<student>), with the settings the ground truth was recorded with."""
-    from .zoo import ZOO_PROMPTS, names
+    from ..zoo import ZOO_PROMPTS, names
 
     missing = {s for s, ts in ZOO_PROBES for s in (s, *ts)} - set(names())
     if missing:
         raise InputError(f"the model zoo is incomplete (missing: {', '.join(sorted(missing))})",
-                         fix="reinstall opd-probe from a full checkout, or rebuild it: python -m opd_probe.zoo.build")
+                         fix="reinstall opd-probe from a full checkout, or rebuild it: python -m opd_probe.lab.build")
     return [ProbeConfig(student=f"zoo:{s}", teachers=tuple(f"zoo:{t}" for t in ts), out=str(Path(out) / s),
                         prompts=str(ZOO_PROMPTS / "probe.jsonl"), overwrite=True, **ZOO_PROBE_SETTINGS)
             for s, ts in ZOO_PROBES]
 
 
 def ground_truth() -> dict | None:
-    from .zoo import GROUND_TRUTH
+    from ..zoo import GROUND_TRUTH
 
     return json.loads(GROUND_TRUTH.read_text()) if GROUND_TRUTH.exists() else None
 
@@ -77,7 +77,7 @@ def smollm2_config(out: Path, cache: Path | None, log: Callable[[str], None]) ->
 
 def prediction_rows(results: list, truth: dict | None) -> list[dict]:
     """Each probed pair's verdict beside the OPD outcome recorded for it in the ground truth (None when absent)."""
-    from .zoo import calibration_agrees
+    from ..zoo import calibration_agrees
 
     measured = {}
     for row in (truth or {}).get("pairs", []):

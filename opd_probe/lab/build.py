@@ -1,4 +1,4 @@
-"""Rebuild the model zoo from nothing, deterministically: `python -m opd_probe.zoo.build [--out DIR]`.
+"""Rebuild the model zoo from nothing, deterministically: `python -m opd_probe.lab.build [--out DIR]`.
 
 Every model is a 2-layer Llama (~0.3 M parameters) trained on CPU on the addition task of task.py, sharing one
 character tokenizer. Roles (each asserted on held-out problems before saving):

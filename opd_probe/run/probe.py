@@ -7,102 +7,39 @@ so an interrupted run resumes without redoing them, and --reuse scores new teach
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import re
 import shutil
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from . import __version__, costs, metrics, novelty, templates
-from .backends import check_backend, close_model, load_backend_model
-from .backends.base import ModelSpec, SamplingSettings, ScoreArrays, release_memory
-from .config import ProbeConfig
-from .errors import InputError, ModelLoadError
-from .prompts import load_prompts, template_hash
-from .report.io import OutDir
-from .thresholds import Thresholds
-from .types import PairResult, ProbePrompt, ProbeResults, Rollout
-from .verdict import decide, rank_key
-from .vocab import check_vocab
+from .. import __version__, costs, metrics, novelty, templates
+from ..backends import check_backend, load_backend_model
+from ..backends.base import SamplingSettings, ScoreArrays
+from ..config import ProbeConfig
+from ..errors import InputError, ModelLoadError
+from ..prompts import load_prompts, template_hash
+from ..rundir import OutDir
+from ..thresholds import Thresholds
+from ..types import PairResult, ProbePrompt, ProbeResults, Rollout
+from ..verdict import decide, rank_key
+from ..vocab import check_vocab
+from . import evidence
+from .stages import (NullProgress, Progress, batches_by_tokens, check_top_k, environment, file_sha256, free_model,
+                     model_spec, sampling_seed)
 
 STUDENT_SLUG = "student"
 PART_ROLLOUTS = 64  # rollouts per saved score part: the resume granularity of scoring
 
 
-class Progress(Protocol):
-    def stage(self, name: str, total: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def log(self, message: str) -> None: ...
-
-
-class NullProgress:
-    def stage(self, name: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        pass
-
-
 def teacher_slug(index: int, name: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name.rstrip("/")).name or name).strip("-") or "teacher"
     return f"teacher-{index}-{base[:40]}"
-
-
-def _spec(path: str, cfg: ProbeConfig) -> ModelSpec:
-    return ModelSpec(path=path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                     device_map=cfg.device_map, top_k=cfg.top_k, tensor_parallel_size=cfg.tensor_parallel_size,
-                     pipeline_parallel_size=cfg.pipeline_parallel_size,
-                     gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
-                     vllm_logprobs=cfg.vllm_logprobs)
-
-
-def _free(model) -> None:
-    close_model(model)  # a vLLM engine holds a process and GPU memory until it is shut down
-    del model
-    release_memory()
-
-
-def environment() -> dict:
-    import numpy
-    import pandas
-    import torch
-    import transformers
-
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "opd_probe": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        env["cuda"] = torch.version.cuda
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    import sys
-
-    if "vllm" in sys.modules:  # only when this run used it
-        env["vllm"] = getattr(sys.modules["vllm"], "__version__", None)
-    return env
-
-
-def file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------- sampling
@@ -126,7 +63,7 @@ def sample_rollouts(student, prompts: list[ProbePrompt], rendered: list[list[int
             continue
         # A torn write can leave part of a batch on disk: sample the whole slice again (same seed, same
         # shapes, same draws) and keep only the missing prompts.
-        gens = student.generate([rendered[i] for i in batch], settings, seed=cfg.seed * 1_000_003 + start)
+        gens = student.generate([rendered[i] for i in batch], settings, seed=sampling_seed(cfg.seed, start))
         fresh = []
         for i, g_list in zip(batch, gens):
             if i in done_prompts:
@@ -149,22 +86,6 @@ def sample_rollouts(student, prompts: list[ProbePrompt], rendered: list[list[int
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
-def _batches_by_tokens(items: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Split ``items`` (sorted longest first) into batches whose padded size B * max_len stays within budget."""
-    order = sorted(items, key=lambda i: -lengths[i])
-    batches, cur, cur_max = [], [], 0
-    for i in order:
-        new_max = max(cur_max, lengths[i])
-        if cur and new_max * (len(cur) + 1) > budget:
-            batches.append(cur)
-            cur, new_max = [], lengths[i]
-        cur.append(i)
-        cur_max = new_max
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 def score_rollouts(model, rollouts: list[Rollout], k: int, slug: str, out: OutDir, cfg: ProbeConfig,
                    progress: Progress, query: list[np.ndarray] | None = None) -> tuple[ScoreArrays, dict]:
     """Score every rollout's response positions with ``model``; saved parts (a resumed run) are reused."""
@@ -193,7 +114,7 @@ def score_rollouts(model, rollouts: list[Rollout], k: int, slug: str, out: OutDi
         if model is None:
             raise InputError(f"saved scores in {out.scores_dir(slug)} do not cover every rollout",
                              fix="re-run the original probe to completion, or drop --reuse")
-        for batch in _batches_by_tokens(part, seq_len, budget):
+        for batch in batches_by_tokens(part, seq_len, budget):
             scored = model.score(
                 [rollouts[i].prompt_token_ids for i in batch],
                 [rollouts[i].response_token_ids for i in batch],
@@ -240,12 +161,6 @@ def check_teacher_context(teacher, rollouts: list[Rollout], name: str):
             f"(prompt {longest.prompt_id!r}) is {n} tokens long",
             fix="lower --max-new-tokens (or drop the long prompts) so prompt + response fits the teacher",
         )
-
-
-def check_top_k(model, k: int, role: str):
-    if k > model.vocab_size:
-        raise InputError(f"--top-k {k} is larger than the {role}'s vocabulary ({model.vocab_size} tokens)",
-                         fix=f"use --top-k {min(16, model.vocab_size)} (the paper's default is 16)")
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -318,7 +233,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         from transformers import AutoTokenizer
 
         try:
-            from .zoo import resolve
+            from ..zoo import resolve
 
             student_tok = AutoTokenizer.from_pretrained(resolve(cfg.student), trust_remote_code=cfg.trust_remote_code)
             student_vocab = student_tok.get_vocab()
@@ -330,7 +245,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         teacher_views = teacher_renderings(cfg, prompts)  # before sampling: a teacher without a template fails fast
         progress.log(f"loading student {cfg.student} ({cfg.rollout_backend_used})")
         t0 = time.perf_counter()
-        student = load_backend_model(cfg.rollout_backend_used, _spec(cfg.student, cfg), role="student")
+        student = load_backend_model(cfg.rollout_backend_used, model_spec(cfg.student, cfg), role="student")
         timings["student_load_seconds"] = time.perf_counter() - t0
         check_top_k(student, cfg.top_k, "student")
         rendered = [student.render(p, cfg.chat_template) for p in prompts]
@@ -338,10 +253,10 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         rollouts, sample_timing = sample_rollouts(student, prompts, rendered, cfg, out, progress)
         sample_timing["max_new_tokens"] = cfg.max_new_tokens
         if cfg.score_backend_used != cfg.rollout_backend_used:  # mixed backends: the scorer loads the student too
-            _free(student)
+            free_model(student)
             progress.log(f"loading student {cfg.student} for scoring ({cfg.score_backend_used})")
             t0 = time.perf_counter()
-            student = load_backend_model(cfg.score_backend_used, _spec(cfg.student, cfg), role="student")
+            student = load_backend_model(cfg.score_backend_used, model_spec(cfg.student, cfg), role="student")
             timings["student_scorer_load_seconds"] = time.perf_counter() - t0
         student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
         sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
@@ -349,7 +264,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         prompts_meta = {"source": cfg.prompts, "sha256": file_sha256(cfg.prompts), "count": len(prompts)}
         answers = {p.index: p.answer for p in prompts if p.answer is not None}
         out.write_prompts(prompts)
-        _free(student)
+        free_model(student)
     if cfg.continuation_depths and not answers:
         raise InputError("--continuation-depths needs prompts with reference answers ('answer' field)",
                          fix="add answers to the prompt file, or drop --continuation-depths")
@@ -376,7 +291,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         slug = teacher_slug(ti, name)
         progress.log(f"loading teacher {name}")
         t0 = time.perf_counter()
-        teacher = load_backend_model(cfg.score_backend_used, _spec(name, cfg), role="teacher")
+        teacher = load_backend_model(cfg.score_backend_used, model_spec(name, cfg), role="teacher")
         load_s = time.perf_counter() - t0
         pair_warnings = check_vocab(student_vocab, teacher.vocab(), name)
         check_top_k(teacher, cfg.top_k, "teacher")
@@ -390,7 +305,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         if cfg.continuation_depths:
             progress.log(f"continuation gain of {name} at depths {list(cfg.continuation_depths)}")
             t0 = time.perf_counter()
-            pair_novelty["continuation"] = novelty.continuation_gain(
+            pair_novelty["continuation"] = evidence.continuation_gain(
                 teacher, rollouts, correct, answers, cfg.continuation_depths, cfg.max_new_tokens, seed=cfg.seed)
             t_timing["continuation_seconds"] = time.perf_counter() - t0
         teacher_arrays[name] = (t_scores.topk_ids_LK, t_scores.query_logprobs_LQ)
@@ -398,7 +313,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         template_differs[name] = (primary == "student" and
                                   teacher.info.get("chat_template_hash") != student_info.get("chat_template_hash"))
         info = teacher.info
-        _free(teacher)
+        free_model(teacher)
         states = metrics.per_state_metrics(
             student_scores.topk_ids_LK, student_scores.topk_logprobs_LK, student_scores.entropy_L,
             student_scores.sampled_logprob_L, t_scores.topk_ids_LK, t_scores.topk_logprobs_LK,
@@ -541,12 +456,12 @@ def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[R
     """Step-0 gradient norm of the OPD top-k loss per teacher: one student backward pass each (opt-in)."""
     progress.log("step-0 gradient norms: loading the student for backward passes")
     # a backward pass needs the model in torch: always the transformers backend, whatever scored the states
-    student = load_backend_model("hf", _spec(cfg.student, cfg), role="student")
+    student = load_backend_model("hf", model_spec(cfg.student, cfg), role="student")
     progress.stage("step-0 gradient norms", len(pairs))
     out = []
     for p in pairs:
         t0 = time.perf_counter()
-        norm = novelty.step0_grad_norm(student, rollouts, student_scores.topk_ids_LK, teacher_arrays[p.teacher][1],
+        norm = evidence.step0_grad_norm(student, rollouts, student_scores.topk_ids_LK, teacher_arrays[p.teacher][1],
                                        batch_tokens=cfg.score_batch_tokens)
         approx = dict(p.approximate)
         if "topk_reverse_kl" in approx:  # the loss it differentiates uses the same teacher log-probs
@@ -554,7 +469,7 @@ def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[R
         out.append(replace(p, novelty={**p.novelty, "grad_norm": norm}, approximate=approx,
                            timings={**p.timings, "grad_norm_seconds": time.perf_counter() - t0}))
         progress.advance(1)
-    _free(student)
+    free_model(student)
     return out
 
 
@@ -580,8 +495,8 @@ def teacher_renderings(cfg: ProbeConfig, prompts: list[ProbePrompt]) -> dict[str
         return {}
     from transformers import AutoTokenizer
 
-    from .prompts import render_prompt_ids
-    from .zoo import resolve
+    from ..prompts import render_prompt_ids
+    from ..zoo import resolve
 
     if not prompts:
         raise InputError("--template teacher needs the probe prompts, and the reused run has no prompts.jsonl",

@@ -23,11 +23,11 @@ from typing import Iterator
 
 import numpy as np
 
-from . import __version__, metrics, selection
-from .config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, from_known_keys
-from .errors import InputError, OutputError, ProbeError
-from .prompts import PoolRecord, iter_pool, scan_pool
-from .report.io import OutDir, atomic_write_text, dumps
+from .. import __version__, metrics, selection
+from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, from_known_keys
+from ..errors import InputError, OutputError, ProbeError
+from ..prompts import PoolRecord, iter_pool, scan_pool
+from ..rundir import OutDir, atomic_write_text, dumps
 
 SCORE_FIELD = "opd_probe"  # the field each kept record gains (the user's own fields are kept as they are)
 DEFAULT_PROBE_SAMPLES = 2
@@ -161,12 +161,12 @@ class _Clock:
 
 def _score(model, prompts: list[tuple[int, ...]], responses: list[tuple[int, ...]], k: int, budget: int,
            query: list[np.ndarray] | None = None):
-    from .backends.base import ScoreArrays
-    from .pipeline import _batches_by_tokens
+    from ..backends.base import ScoreArrays
+    from .stages import batches_by_tokens
 
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     have = {}
-    for batch in _batches_by_tokens(list(range(len(prompts))), lengths, budget):
+    for batch in batches_by_tokens(list(range(len(prompts))), lengths, budget):
         scored = model.score([prompts[i] for i in batch], [responses[i] for i in batch], k=k,
                              query_ids_LQ=[query[i] for i in batch] if query is not None else None)
         have.update(zip(batch, scored))
@@ -176,7 +176,8 @@ def _score(model, prompts: list[tuple[int, ...]], responses: list[tuple[int, ...
 def score_chunk(student, teacher, chunk: list[PoolRecord], cfg: SelectConfig, context: int | None,
                 clock: _Clock) -> list[dict]:
     """Score line per record of ``chunk``: sample, score with both models, per-prompt means."""
-    from .backends.base import SamplingSettings
+    from ..backends.base import SamplingSettings
+    from .stages import sampling_seed
 
     rows: dict[int, dict] = {}
     todo: list[tuple[PoolRecord, list[int]]] = []
@@ -200,7 +201,7 @@ def score_chunk(student, teacher, chunk: list[PoolRecord], cfg: SelectConfig, co
         for start in range(0, len(todo), per_call):
             part = todo[start:start + per_call]
             # seeded by the first record's pool index: a resumed chunk samples exactly what it would have
-            gens = student.generate([ids for _, ids in part], settings, seed=cfg.seed * 1_000_003 + part[0][0].index)
+            gens = student.generate([ids for _, ids in part], settings, seed=sampling_seed(cfg.seed, part[0][0].index))
             for j, ((rec, ids), g_list) in enumerate(zip(part, gens)):
                 for g in g_list:
                     prompts.append(tuple(ids))
@@ -259,7 +260,7 @@ def _check_out(cfg: SelectConfig) -> None:
 def run_select(cfg: SelectConfig, progress=None) -> dict:
     """Score the pool (resuming from <work>/scores.jsonl), select, write --out and <work>/selection.json.
     Returns the selection document. Raises ProbeError subclasses on bad input (nothing finished is lost)."""
-    from .pipeline import NullProgress, check_top_k, environment
+    from .stages import NullProgress, environment, load_pair, model_spec
 
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -284,20 +285,8 @@ def run_select(cfg: SelectConfig, progress=None) -> dict:
     progress.stage("scoring the pool", scan.count)
     progress.advance(reused)
     if reused < scan.count:
-        from .backends import load_backend_model
-        from .backends.base import ModelSpec
-        from .vocab import check_vocab
-
-        def spec(path):
-            return ModelSpec(path=path, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-
-        progress.log(f"loading student {cfg.student}")
-        student = load_backend_model(cfg.backend, spec(cfg.student), role="student")
-        check_top_k(student, cfg.top_k, "student")
-        progress.log(f"loading teacher {cfg.teacher}")
-        teacher = load_backend_model(cfg.backend, spec(cfg.teacher), role="teacher")
-        warnings = check_vocab(student.vocab(), teacher.vocab(), cfg.teacher)
-        check_top_k(teacher, cfg.top_k, "teacher")
+        student, teacher, warnings = load_pair(cfg.backend, model_spec(cfg.student, cfg), model_spec(cfg.teacher, cfg),
+                                               cfg.top_k, progress)
         models = {"student": student.info, "teacher": teacher.info, "vocab_warnings": warnings}
         contexts = [c for c in (student.context_length(), teacher.context_length()) if c]
         context = min(contexts) if contexts else None
@@ -373,7 +362,7 @@ def finish_selection(cfg: SelectConfig, scan, done: dict[int, dict], work: OutDi
         "warnings": warnings,
     }
     atomic_write_text(work.path / "selection.json", dumps(doc))
-    from .report.markdown import selection_markdown
+    from ..report.markdown import selection_markdown
 
     atomic_write_text(work.path / "summary.md", selection_markdown(doc))
     return doc

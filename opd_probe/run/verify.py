@@ -1,6 +1,6 @@
 """`opd-probe verify`: a short, real on-policy distillation run that checks the probe's prediction.
 
-One readable loop (design section 6; paper-digest section 3). Per step: the student samples responses at
+One readable loop (docs/verify.md; the reference trainer of arXiv 2604.13016, thunlp/OPD). Per step: the student samples responses at
 temperature 1; the teacher scores the same token ids (the core's chunked scorer, no grad); the student is updated
 with the reference trainer's gradient (thunlp/OPD: `only_stu` top-k, `student_p` weights, on-policy so the PPO
 ratio is 1 and clipping is inactive):
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, metrics
-from .errors import InputError
+from .. import __version__, metrics
+from ..errors import InputError
 
 STEP_METRICS = ("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "entropy_gap", "topk_reverse_kl",
                 "sampled_reverse_kl", "top1_agreement", "student_entropy", "teacher_entropy",
@@ -94,7 +94,7 @@ class VerifyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VerifyConfig":
-        from .config import from_known_keys
+        from ..config import from_known_keys
 
         return from_known_keys(cls, d, "verify config")
 
@@ -138,7 +138,7 @@ def opd_loss(student, teacher, prompts: list, responses: list, k: int, loss: str
     """
     import torch
 
-    from .backends.base import ScoreArrays
+    from ..backends.base import ScoreArrays
 
     logp, targets = student.response_logprobs(prompts, responses)  # (N, V), with grad
     top_lp, top_ids = logp.topk(k, dim=-1)
@@ -170,8 +170,8 @@ def opd_loss(student, teacher, prompts: list, responses: list, k: int, loss: str
 # ------------------------------------------------------------------------------------------------- evaluation
 def accuracy(model, rendered: list[list[int]], answers: list[str], cfg: VerifyConfig, seed: int) -> dict:
     """Answer accuracy of ``model`` on prompts with answers: eval_samples per prompt, eval_temperature."""
-    from .answers import is_correct
-    from .backends.base import SamplingSettings
+    from ..answers import is_correct
+    from ..backends.base import SamplingSettings
 
     settings = SamplingSettings(samples=cfg.eval_samples, temperature=cfg.eval_temperature,
                                 max_new_tokens=cfg.max_new_tokens)
@@ -245,12 +245,10 @@ def judge(steps: list[dict], evals: list[dict], teacher_acc: dict | None) -> tup
 def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     import torch
 
-    from .backends import load_backend_model
-    from .backends.base import ModelSpec, SamplingSettings
-    from .pipeline import NullProgress, check_top_k, environment
-    from .prompts import load_prompts
-    from .report.io import OutDir, atomic_write_text, dumps
-    from .vocab import check_vocab
+    from ..backends.base import SamplingSettings
+    from ..prompts import load_prompts
+    from ..rundir import OutDir, atomic_write_text, dumps
+    from .stages import NullProgress, environment, load_pair, model_spec, sampling_seed
 
     progress = progress or NullProgress()
     started = time.perf_counter()
@@ -264,15 +262,8 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     out.prepare(cfg.to_dict(), resume=False, overwrite=cfg.overwrite, numbers_key=lambda d: d)
     torch.manual_seed(cfg.seed)
 
-    spec = lambda path: ModelSpec(path=path, device=cfg.device, dtype=cfg.dtype,  # noqa: E731
-                                  trust_remote_code=cfg.trust_remote_code)
-    progress.log(f"loading student {cfg.student}")
-    student = load_backend_model("hf", spec(cfg.student), role="student")
-    progress.log(f"loading teacher {cfg.teacher}")
-    teacher = load_backend_model("hf", spec(cfg.teacher), role="teacher")
-    warnings = check_vocab(student.vocab(), teacher.vocab(), cfg.teacher)
-    check_top_k(student, cfg.top_k, "student")
-    check_top_k(teacher, cfg.top_k, "teacher")
+    student, teacher, warnings = load_pair("hf", model_spec(cfg.student, cfg), model_spec(cfg.teacher, cfg),
+                                           cfg.top_k, progress)
     teacher.model.requires_grad_(False)
     model = student.model
     # eval mode throughout (gradients still flow): dropout would make the sampling policy and the trained policy
@@ -352,7 +343,7 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     for step in range(1, cfg.steps + 1):
         t0 = time.perf_counter()
         idx = next_batch(cfg.batch_prompts)
-        gens = student.generate([rendered[i] for i in idx], sampling, seed=cfg.seed * 1_000_003 + step)
+        gens = student.generate([rendered[i] for i in idx], sampling, seed=sampling_seed(cfg.seed, step))
         prompts_b = [rendered[i] for i, g_list in zip(idx, gens) for _ in g_list]
         responses = [g.response_ids for g_list in gens for g in g_list]
         surrogate, row = opd_loss(student, teacher, prompts_b, responses, cfg.top_k, cfg.loss)
@@ -378,8 +369,8 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
         del surrogate
     evaluate("opd", cfg.steps)
     criteria, outcome, gap_recovery = judge(steps, evals, teacher_acc)
-    from .thresholds import Thresholds
-    from .verdict import decide
+    from ..thresholds import Thresholds
+    from ..verdict import decide
 
     # The probe's reading of the same pair from the first batch (pattern and signal rules; novelty from answers
     # needs compare's continuation probe), shown beside what OPD then did.

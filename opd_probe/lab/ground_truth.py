@@ -1,6 +1,6 @@
 """Measure the zoo's ground truth: the probe's step-0 reading of every pair, and what real OPD does to it.
 
-    python -m opd_probe.zoo.ground_truth [--seeds 0 1] [--steps 100] [--workers 2]
+    python -m opd_probe.lab.ground_truth [--seeds 0 1] [--steps 100] [--workers 2]
 
 For each pair: `opd-probe compare` (probe metrics, verdict) and `opd-probe verify` for each OPD seed (hard held-out
 accuracy before/after, gap recovery, easy held-out accuracy after, to catch forgetting). Writes
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ZOO_MODELS, ZOO_PROMPTS
+from ..zoo import ZOO_MODELS, ZOO_PROMPTS
 
 # (student, teacher, verify extras, expected outcome from the paper's reasoning)
 PAIRS = [
@@ -48,8 +48,8 @@ def easy_accuracy(model_dir: str) -> float:
 
 def probe(out: Path) -> dict:
     """The demo's probes (demo.zoo_configs: the settings the calibration test also uses), keyed by student, teacher."""
-    from ..demo import zoo_configs
-    from ..pipeline import run_probe
+    from .demo import zoo_configs
+    from ..run.probe import run_probe
 
     keep = ("overlap_ratio", "overlap_mass_student", "entropy_gap", "topk_reverse_kl", "sampled_reverse_kl",
             "top1_agreement", "topk_coverage_student")
@@ -71,7 +71,7 @@ def probe(out: Path) -> dict:
 def verify_pair(student: str, teacher: str, extra: dict, seed: int, steps: int, work: Path) -> dict:
     import torch
 
-    from ..verify import VerifyConfig, run_verify
+    from ..run.verify import VerifyConfig, run_verify
 
     torch.set_num_threads(1)  # two runs at a time on 2 cores; tiny models gain nothing from threads
     tag = f"{student}-{teacher}-cs{extra.get('cold_start', 0)}-{seed}"
@@ -112,7 +112,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    from ..demo import ZOO_PROBE_SETTINGS
+    from .demo import ZOO_PROBE_SETTINGS
 
     doc = {"opd": {**OPD, "steps": args.steps, "seeds": args.seeds},
            "probe": {**ZOO_PROBE_SETTINGS, "prompts": "zoo/prompts/probe.jsonl"}, "pairs": []}

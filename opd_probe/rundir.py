@@ -23,8 +23,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import InputError, OutputError
-from ..types import ProbeResults, Rollout
+from .errors import InputError, OutputError
+from .types import ProbeResults, Rollout
 
 OWN_FILES = ("config.json", "rollouts.jsonl", "states.parquet", "results.json", "summary.md", "report.html",
              "verify.json", "steps.parquet", "tokens.json", "prompts.jsonl", "scores.jsonl", "selection.json")
