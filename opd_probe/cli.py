@@ -146,7 +146,8 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Probe STUDENT against every TEACHER on the student's own rollouts, give each a verdict, rank them."""
-    from .thresholds import load_thresholds, read_config_file
+    from .config import merge_config_file, read_config_file
+    from .thresholds import load_thresholds
 
     values = dict(
         student=student, teachers=tuple(teachers), out=str(out), prompts=str(prompts) if prompts else None,
@@ -162,10 +163,10 @@ def compare(
         max_model_len=max_model_len, vllm_logprobs=vllm_logprobs,
     )
     table, source = read_config_file(str(config) if config else None)
-    file_thresholds, file_fail_on = _apply_config_file(ctx, values, table, source)
-    cfg = ProbeConfig(**values)
-    thresholds = load_thresholds(file_thresholds, threshold)
-    statuses = _fail_on(fail_on, strict, gate, file_fail_on)
+    settings = merge_config_file(values, _given_on_command_line(ctx), table, source)
+    cfg = ProbeConfig(**settings.values)
+    thresholds = load_thresholds(settings.thresholds, threshold)
+    statuses = _fail_on(fail_on, strict, gate, settings.fail_on)
     return _run_and_print(cfg, json_out=json_out, quiet=quiet, thresholds=thresholds, fail_on=statuses,
                           exit_zero=exit_zero, summary_md=summary_md, html=html)
 
@@ -237,44 +238,13 @@ def select_prompts(
 
 # flag name -> ProbeConfig field, where they differ
 _FLAG_FIELD = {"no_chat_template": "chat_template"}
-_FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level")
 
 
-def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tuple[dict, list | None]:
-    """Settings from the config file fill in whatever was not given on the command line."""
-    from .config import ProbeConfig as _PC
-    from .errors import InputError
-
-    fields = set(_PC.__dataclass_fields__)
-    settable = fields - {"student", "teachers", "out", "reuse", "resume", "overwrite"}
-    unknown = sorted(k for k in table if k not in settable and k not in _FILE_ONLY)
-    if unknown:
-        raise InputError(f"{source}: unknown opd-probe config key(s): {', '.join(unknown)}",
-                         fix=f"allowed keys: {', '.join(sorted(settable | set(_FILE_ONLY)))}")
+def _given_on_command_line(ctx) -> set[str]:
+    """The ProbeConfig fields whose flag was typed (not defaulted): a config file does not override them."""
     # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
-    explicit = {_FLAG_FIELD.get(name, name) for name in ctx.params
-                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
-    for key, val in table.items():
-        if key in ("thresholds", "fail_on"):
-            continue
-        if key not in explicit:
-            values[key] = tuple(val) if key in ("continuation_depths", "template") and isinstance(val, list) else val
-    bad = [k for k, v in table.items() if k not in ("thresholds", "fail_on", "continuation_depths", "template")
-           and not isinstance(v, (int, float, str, bool))]
-    if bad:
-        raise InputError(f"{source}: config key(s) {', '.join(bad)} must be plain values",
-                         fix="see docs/ci.md for an example config")
-    th = table.get("thresholds")
-    if th is not None and not isinstance(th, dict):
-        raise InputError(f"{source}: 'thresholds' must be a table", fix="write [tool.opd-probe.thresholds]")
-    fo = table.get("fail_on")
-    if fo is not None:
-        fo = [fo] if isinstance(fo, str) else fo
-        if not isinstance(fo, list) or not all(isinstance(x, str) for x in fo):
-            raise InputError(f"{source}: fail_on must be a status or a list of statuses",
-                             fix='e.g. fail_on = ["no-go", "caution"]')
-        _fail_on(",".join(fo), False, False, None)  # validates the names
-    return th or {}, fo
+    return {_FLAG_FIELD.get(name, name) for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
 
 
 def _plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
@@ -303,10 +273,9 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
         raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None
 
 
-def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | None) -> tuple[str, ...]:
+def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: tuple | None) -> tuple[str, ...]:
     """Statuses that trip the gate; empty = no gate."""
-    from .errors import InputError
-    from .verdict import STATUSES
+    from .config import gate_statuses
 
     if fail_on is not None:
         chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
@@ -316,10 +285,7 @@ def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | No
         chosen = list(from_file) if from_file else ["no-go"]
     else:
         chosen = []
-    bad = [s for s in chosen if s not in STATUSES or s == "go"]
-    if bad:
-        raise InputError(f"--fail-on: unknown status {', '.join(bad)}", fix="use no-go and/or caution")
-    return tuple(chosen)
+    return gate_statuses(chosen)
 
 
 def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),

@@ -14,7 +14,8 @@ from dataclasses import fields, replace
 import pytest
 
 from opd_probe.errors import InputError
-from opd_probe.thresholds import PROVENANCE, Thresholds, load_thresholds, read_config_file
+from opd_probe.config import read_config_file
+from opd_probe.thresholds import PROVENANCE, Thresholds, load_thresholds
 from opd_probe.verdict import SEVERITY, STATUSES, Reason, Verdict, decide, rank_key
 
 TH = Thresholds()
