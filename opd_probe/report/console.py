@@ -74,7 +74,7 @@ def ranking_table(results: ProbeResults) -> Table:
             e = pair.pooled[metric]
             mark = "≈" if metric in pair.approximate else ""
             cells.append(f"{mark}{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
-        status = (pair.verdict or {}).get("status", "–")
+        status = pair.verdict.status
         table.add_row(str(rank), names[name], STATUS_STYLE.get(status, status), *cells)
     return table
 
@@ -87,26 +87,24 @@ def verdict_lines(results: ProbeResults) -> list[str]:
     lines = []
     for name in results.ranking:
         v = by[name].verdict
-        if not v:
-            continue
         e = by[name].pooled
-        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v['status']]}  overlap {_fmt(e['overlap_ratio'].mean, 2)} "
+        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v.status]}  overlap {_fmt(e['overlap_ratio'].mean, 2)} "
                 f"[{_fmt(e['overlap_ratio'].ci_low, 2)}, {_fmt(e['overlap_ratio'].ci_high, 2)}]  mass "
                 f"{_fmt(e['overlap_mass_student'].mean, 2)}  signal {_fmt(e['topk_reverse_kl'].mean, 3)} nats/token")
-        cont = by[name].novelty.get("continuation")
-        if cont:
-            head += "  gain " + ", ".join(f"{c['gain']:+.2f}@{c['depth']}" for c in cont)
-        if "grad_norm" in by[name].novelty:
-            head += f"  grad-norm {by[name].novelty['grad_norm']:.3g}"
+        novelty = by[name].novelty
+        if novelty.continuation:
+            head += "  gain " + ", ".join(f"{c.gain:+.2f}@{c.depth}" for c in novelty.continuation)
+        if novelty.grad_norm is not None:
+            head += f"  grad-norm {novelty.grad_norm:.3g}"
         lines.append(head)
         pad = " " * (width + 2)
-        for r in v["reasons"]:
-            if r["value"] is None:
-                lines.append(f"{pad}[dim]{r['code']}:[/dim] {escape(r['message'])}")
+        for r in v.reasons:
+            if r.value is None:
+                lines.append(f"{pad}[dim]{r.code}:[/dim] {escape(r.message)}")
             else:
-                lines.append(f"{pad}{r['code']}: {r['metric']} {_fmt(r['value'], 3)} {r['direction']} "
-                             f"{_fmt(r['threshold'], 3)}  [dim]{escape(r['message'])}[/dim]")
-        for rec in v["recommendations"]:
+                lines.append(f"{pad}{r.code}: {r.metric} {_fmt(r.value, 3)} {r.direction} "
+                             f"{_fmt(r.threshold, 3)}  [dim]{escape(r.message)}[/dim]")
+        for rec in v.recommendations:
             lines.append(f"{pad}-> {escape(rec)}")
     return lines
 

@@ -38,21 +38,21 @@ def summary_markdown(results: ProbeResults) -> str:
     by = {p.teacher: p for p in results.pairs}
     for rank, name in enumerate(results.ranking, 1):
         p = by[name]
-        v = p.verdict or {"status": "go", "reasons": [], "recommendations": []}
+        v = p.verdict
         e = p.pooled
 
         def cell(metric: str) -> str:
             return ("≈" if metric in p.approximate else "") + _f(e[metric].mean)
 
         reasons = "; ".join(
-            f"{r['code']}: {r['metric']} {_f(r['value'])} {r['direction']} {_f(r['threshold'])}"
-            if r["value"] is not None else r["code"] for r in v["reasons"]) or "–"
+            f"{r.code}: {r.metric} {_f(r.value)} {r.direction} {_f(r.threshold)}"
+            if r.value is not None else r.code for r in v.reasons) or "–"
         lines.append(
-            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v['status']]} | {_f(e['overlap_ratio'].mean)} "
+            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v.status]} | {_f(e['overlap_ratio'].mean)} "
             f"[{_f(e['overlap_ratio'].ci_low, 2)}, {_f(e['overlap_ratio'].ci_high, 2)}] | "
             f"{cell('overlap_mass_student')} | {cell('entropy_gap')} | {cell('topk_reverse_kl')} | "
             f"{_md(reasons)} |")
-    recs = [(names[n], r) for n in results.ranking for r in (by[n].verdict or {}).get("recommendations", [])]
+    recs = [(names[n], r) for n in results.ranking for r in by[n].verdict.recommendations]
     if recs:
         lines += ["", "### Recommendations", ""]
         lines += [f"- `{_md(n)}`: {_md(r)}" for n, r in recs]
