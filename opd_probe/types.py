@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .costs import Projection
+
 SCHEMA_VERSION = 1
 
 
@@ -243,7 +245,7 @@ class ProbeResults:
     thresholds: dict[str, Any] = field(default_factory=dict)  # the values that decided the verdicts
     distinguishability: dict[str, Any] | None = None  # teacher x teacher overlap and KL at student states
     gate: dict[str, Any] | None = None  # {"fail_on", "passed", "tripped_by"} when a gate was asked for
-    plan: dict[str, Any] | None = None  # cost projection of a planned OPD run (costs.project), with --plan-steps
+    plan: Projection | None = None  # cost projection of a planned OPD run (costs.project), with --plan-steps
     schema_version: int = SCHEMA_VERSION
 
     def pair(self, teacher: str) -> PairResult:
@@ -269,7 +271,7 @@ class ProbeResults:
             "thresholds": self.thresholds,
             "distinguishability": self.distinguishability,
             "gate": self.gate,
-            "plan": self.plan,
+            "plan": self.plan.to_dict() if self.plan is not None else None,
         }
 
     @classmethod
@@ -292,5 +294,5 @@ class ProbeResults:
             thresholds=d.get("thresholds", {}),
             distinguishability=d.get("distinguishability"),
             gate=d.get("gate"),
-            plan=d.get("plan"),
+            plan=Projection.from_dict(d["plan"]) if d.get("plan") else None,
         )

@@ -518,7 +518,7 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
                                     "headers": [label for _, label, _ in TEMPLATE_METRICS]})
     plan = None
     if r.plan:
-        plan = {"title": plan_title(r.plan), "rows": plan_rows(r.plan), "assumptions": r.plan["assumptions"]}
+        plan = {"title": plan_title(r.plan), "rows": plan_rows(r.plan), "assumptions": list(r.plan.assumptions)}
 
     env = r.environment
     ro = r.rollouts

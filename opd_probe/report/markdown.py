@@ -107,13 +107,13 @@ def template_markdown(results: ProbeResults) -> list[str]:
     return out
 
 
-def plan_markdown(plan: dict) -> list[str]:
+def plan_markdown(plan) -> list[str]:
     from .console import plan_rows, plan_title
 
     out = ["", "### Cost of the planned OPD run", "", _md(plan_title(plan)) + ".", "",
            "| | tokens (low – high) | measured here | time (low – high) |", "|---|---|---|---|"]
     out += [f"| {' | '.join(_md(c) for c in row)} |" for row in plan_rows(plan)]
-    out += ["", "Assumptions:", ""] + [f"- {_md(a)}" for a in plan["assumptions"]]
+    out += ["", "Assumptions:", ""] + [f"- {_md(a)}" for a in plan.assumptions]
     return out
 
 
