@@ -562,10 +562,10 @@ def _selection_section(run: Run, idx: int) -> dict:
     figs, notes = [], []
     scores_file = run.path / "scores.jsonl"
     if scores_file.is_file():
-        from ..run.select import read_scores
+        from ..rundir import read_pool_scores
 
         metric = sel["rank_metric"]
-        scores = read_scores(scores_file)
+        scores = read_pool_scores(scores_file)
         kept = {}
         out = Path(sel.get("out") or "")
         if out.is_file():
