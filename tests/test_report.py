@@ -375,7 +375,11 @@ def test_fmt_is_the_one_number_formatter():
     assert fmt(0.5, general=True) == "0.5" and fmt(12.0, 2, general=True) == "12"
     assert ci_range(Estimate(0.5, 0.25, 0.75, 10)) == "0.25–0.75"
     assert ci_range(Estimate(0.5, float("nan"), 0.75, 10), 2) == "––0.8"
-    assert gains([{"gain": 0.123, "depth": 0}, {"gain": None, "depth": 64}, {"gain": -0.05, "depth": 128}]) == \
+    from opd_probe.types import ContinuationGain
+
+    rows = [ContinuationGain(depth=d, n=10, teacher_accuracy=0.5, student_accuracy=0.5, gain=g, se=0.1)
+            for d, g in ((0, 0.123), (64, None), (128, -0.05))]
+    assert gains(rows) == \
         "+0.12@0, -0.05@128"
     assert gains(None) == gains([]) == ""
     assert (criterion(True), criterion(False), criterion(None)) == ("pass", "fail", "n/a")
