@@ -27,7 +27,7 @@ import numpy as np
 from .. import __version__
 from .. import experiment as ex
 from ..errors import InputError
-from .opd_step import LOSSES, STEP_METRICS, chunk_positions, control_loss, teacher_loss  # noqa: F401 (re-exported)
+from .opd_step import LOSSES, chunk_positions
 
 ARMS = ("teacher", "control")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -450,14 +450,21 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
             state["teacher"] = t
         return state["teacher"]
 
-    s0 = student()
-    data = arms.Data(train=[s0.render(p, cfg.chat_template) for p in train],
-                     target=arms.EvalSet([s0.render(p, cfg.chat_template) for p in target],
-                                         [p.answer for p in target]) if target else None,
-                     retain=arms.EvalSet([s0.render(p, cfg.chat_template) for p in retain],
-                                         [p.answer for p in retain]) if retain else None)
+    # render with the tokenizer alone, so the memory estimate comes before any weights load
+    from ..backends.loading import load_tokenizer
+    from ..prompts import render_prompt_ids
+
+    tok = load_tokenizer(resolve_model_path(spec_s, "student"), spec_s, "student")
+
+    def render(rows):
+        return [render_prompt_ids(tok, p, use_chat_template=cfg.chat_template) for p in rows]
+
+    data = arms.Data(train=render(train),
+                     target=arms.EvalSet(render(target), [p.answer for p in target]) if target else None,
+                     retain=arms.EvalSet(render(retain), [p.answer for p in retain]) if retain else None)
     memory = memory_check(cfg, spec_s, spec_t, devices, (dt_s, dt_t, use_autocast),
                           max(len(r) for r in data.train))
+    s0 = student()
     V = s0.vocab_size
     probe_k = min(cfg.probe_top_k, V - 1)
     if probe_k < cfg.probe_top_k:

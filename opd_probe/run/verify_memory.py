@@ -7,9 +7,10 @@ From the model configs alone (parameters counted on the meta device, no weights 
                 — with fp32 master weights on CUDA the student is float32 (b_s = 4), see verify.resolve_dtypes
     activations tokens · layers · (8·H + 3·I) · b_act               (saved for backward, decoder; H hidden, I MLP)
     KV cache    tokens · layers · 2 · kv_heads · head_dim · b_act  (sampling)
-    head        3 · C · V · 4 (chunked, fixed) + 2 · 512 MiB (the teacher's scorer buffers)
+    head        3 · min(C, R) · V · 4 (chunked) + 2 · min(C', R) · V · 4 (the teacher's scorer buffers)
 
-tokens = batch_prompts · samples · (longest prompt + max_new_tokens). The activation coefficient 8·H + 3·I per
+tokens = batch_prompts · samples · (longest prompt + max_new_tokens); R = batch_prompts · samples · max_new_tokens
+response positions; C the training chunk (opd_step.chunk_positions), C' the scorer's (hf.CHUNK_BYTES). The activation coefficient 8·H + 3·I per
 token and layer is a rough count for a llama-like block (attention inputs/outputs, norms, the MLP's three
 projections) under SDPA (no T² scores kept): not measured beyond benchmarks/bench_verify_memory.py. The check
 refuses only when the estimate exceeds 90% of the available memory (MemAvailable on CPU, free device memory on
@@ -25,7 +26,7 @@ from ..errors import InputError
 
 GiB = 2 ** 30
 HEADROOM = 0.9  # not measured: leave 10% for the allocator, Python and the tokenizer
-SCORER_BYTES = 2 * 512 * 2 ** 20  # hf.CHUNK_BYTES logits buffer + its scratch buffer
+SCORER_CHUNK_BYTES = 512 * 2 ** 20  # hf.CHUNK_BYTES: the scorer's logits buffer (and a scratch buffer as large)
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,14 @@ def estimate_bytes(student: ModelShape, teacher: ModelShape | None, plan: Plan, 
                    teacher_bytes: int, act_bytes: int, head_chunk: int) -> dict:
     """Each part of the estimate, in bytes (module docstring). ``teacher=None``: the teacher lives elsewhere."""
     tokens = plan.batch_prompts * plan.samples * (plan.prompt_tokens + plan.max_new_tokens)
+    resp = plan.batch_prompts * plan.samples * plan.max_new_tokens
+    scorer_rows = min(resp, max(1, SCORER_CHUNK_BYTES // (4 * student.vocab * 2)))
     parts = {
         "weights": student.params * student_bytes + (teacher.params * teacher_bytes if teacher else 0),
         "grads_and_adamw": student.params * 12,
         "activations": tokens * student.layers * (8 * student.hidden + 3 * student.intermediate) * act_bytes,
         "kv_cache": tokens * student.layers * 2 * student.kv_dim * act_bytes,
-        "head": 3 * head_chunk * student.vocab * 4 + (SCORER_BYTES if teacher else 0),
+        "head": 3 * min(head_chunk, resp) * student.vocab * 4 + (2 * scorer_rows * student.vocab * 4 if teacher else 0),
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -121,12 +124,12 @@ class MemoryCheck:
 def smaller_plans(plan: Plan):
     """Smaller settings in the order a user would give them up: samples, then prompts per step, then length."""
     b, n, t = plan.batch_prompts, plan.samples, plan.max_new_tokens
-    while t >= 16:
+    lengths = [t] + [x for x in (t // 2 ** i for i in range(1, 20)) if x >= 16]
+    for tt in lengths:
         for bb in range(b, 0, -1):
             for nn in range(n, 0, -1):
-                if (bb, nn, t) != (plan.batch_prompts, plan.samples, plan.max_new_tokens):
-                    yield Plan(bb, nn, t, plan.prompt_tokens)
-        t //= 2
+                if (bb, nn, tt) != (plan.batch_prompts, plan.samples, plan.max_new_tokens):
+                    yield Plan(bb, nn, tt, plan.prompt_tokens)
 
 
 def check_memory(student: ModelShape, teacher: ModelShape | None, plan: Plan, device: str, student_bytes: int,
