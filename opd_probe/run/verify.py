@@ -470,6 +470,10 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     if probe_k < cfg.probe_top_k:
         notes.append(f"--probe-top-k {cfg.probe_top_k} capped to {probe_k} (below the {V}-token vocabulary: at k = V "
                      "the overlap ratio and mass are 1 by construction)")
+    if cfg.control and cfg.loss == "topk" and cfg.top_k >= V:
+        notes.append(f"--top-k {cfg.top_k} covers the {V}-token vocabulary: the top-k control's gradient c·∇log P_K is "
+                     "exactly zero there (P_K = 1), so the control arm is the untouched student; use --loss sampled "
+                     "or a smaller --top-k for an informative control (docs/verify.md)")
     cache = control_cache_dir(cfg) if cfg.control else None
 
     def stored(path: Path, compute, also: Path | None = None):
