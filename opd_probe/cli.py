@@ -353,8 +353,8 @@ def report(
 
 @app.command()
 def verify(
-    student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
-    teacher: str = typer.Argument(..., help="Teacher model (same tokenizer as the student)."),
+    student: opt.Student,
+    teacher: opt.Teacher,
     prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Training prompts (.jsonl/.csv/.parquet)."),
     eval_prompts: Optional[Path] = typer.Option(None, "--eval-prompts",
                                                 help="Held-out target prompts with 'answer': the accuracy that decides."),
@@ -376,8 +376,8 @@ def verify(
                                            help="Retention loss tolerated beyond its CI before 'harmful'."),
     lr: float = typer.Option(1e-5, help="AdamW learning rate."),
     batch_prompts: int = typer.Option(4, "--batch-prompts", help="Prompts per step."),
-    samples: int = typer.Option(4, "--samples", "-n", help="Student samples per prompt per step."),
-    top_k: int = typer.Option(16, "--top-k", "-k", help="k of the student top-k support of the loss (reference "
+    samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", "-n", help="Student samples per prompt per step."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the student top-k support of the loss (reference "
                                                         "trainer: 16)."),
     probe_top_k: int = typer.Option(16, "--probe-top-k", help="k of the step-0 probe prediction (capped below V)."),
     loss: str = typer.Option("topk", help="topk (the paper's reference trainer) or sampled (single-sample k1)."),
@@ -398,14 +398,14 @@ def verify(
     limit: Optional[int] = typer.Option(None, help="Use only the first N training prompts."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval prompts."),
     retain_limit: Optional[int] = typer.Option(None, "--retain-limit", help="Use only the first N retention prompts."),
-    seed: int = typer.Option(0, help="First seed (sampling and prompt order)."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed prompts as plain text."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N (the student's)."),
+    seed: int = typer.Option(DEFAULT_SEED, help="First seed (sampling and prompt order)."),
+    no_chat_template: opt.NoChatTemplate = False,
+    device: opt.Device = DEFAULT_DEVICE,
     teacher_device: Optional[str] = typer.Option(None, "--teacher-device",
                                                  help="Put the teacher on another device (default: the student's)."),
-    dtype: str = typer.Option("auto", help="auto (CUDA: bf16 autocast, fp32 master weights; CPU: bf16 only if "
+    dtype: str = typer.Option(DEFAULT_DTYPE, "--dtype", help="auto (CUDA: bf16 autocast, fp32 master weights; CPU: bf16 only if "
                                            "measured faster, else fp32), float32, bfloat16, float16."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos to run code."),
+    trust_remote_code: opt.TrustRemoteCode = False,
     save: Optional[Path] = typer.Option(None, "--save", help="Save the last teacher seed's trained student (HF folder)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished arm-seeds "
@@ -415,7 +415,7 @@ def verify(
                                                help="Print equivalent verl or trl settings (with --out of a finished "
                                                     "run: its control-arm result) and exit."),
     json_out: bool = typer.Option(False, "--json", help="Print verify.json on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    quiet: opt.Quiet = False,
 ):
     """Run a short real OPD as a controlled experiment: teacher arm, optional no-teacher control, the untouched
     student; a verdict from paired CIs over problems and seeds."""
