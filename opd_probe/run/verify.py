@@ -31,8 +31,8 @@ from .opd_step import LOSSES, chunk_positions
 
 ARMS = ("teacher", "control")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-# --dtype auto on CPU picks bf16 (under autocast, float32 master weights) only when a quick matmul at the model's
-# hidden size runs at least this much faster in bf16. Not tuned: a margin so timing noise cannot flip the choice.
+# --dtype auto on CPU picks bf16 (under autocast, float32 master weights) only when a forward pass of the loaded
+# student runs at least this much faster in bf16. Not tuned: a margin so timing noise cannot flip the choice.
 CPU_BF16_MIN_SPEEDUP = 1.3
 
 
@@ -271,28 +271,32 @@ def check_devices(cfg: VerifyConfig) -> tuple[str, str]:
     return s, resolve(cfg.teacher_device, "--teacher-device") if cfg.teacher_device else s
 
 
-def cpu_bf16_speedup(hidden: int, reps: int = 5) -> float:
-    """Measured speed of a bf16 over a float32 matmul of a decoder block's shape (256 × H by H × 4H) on CPU."""
+def cpu_bf16_speedup(student, tokens: int = 128, reps: int = 3) -> float:
+    """Measured speed of a bf16-autocast over a float32 forward pass of the loaded student on CPU (one sequence of
+    ``tokens`` random ids, best of ``reps``). A matmul alone overstates it: on this project's 2-core AMX machine a
+    576 × 2304 matmul ran 3.7× faster in bf16, a whole 135M-parameter forward 1.65×, the zoo's tiny models 0.82×
+    (docs/performance.md)."""
     import torch
 
-    def best(dtype):
-        a = torch.randn(256, hidden, dtype=dtype)
-        b = torch.randn(hidden, 4 * hidden, dtype=dtype)
+    ids = torch.randint(0, student.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+
+    def best(autocast: bool) -> float:
         times = []
-        for _ in range(reps):
+        for _ in range(reps + 1):  # the first call warms up
             t0 = time.perf_counter()
-            a @ b
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                student.model(input_ids=ids.to(student.device))
             times.append(time.perf_counter() - t0)
-        return min(times)
+        return min(times[1:])
 
-    best(torch.float32), best(torch.bfloat16)  # warm-up
-    return best(torch.float32) / best(torch.bfloat16)
+    return best(False) / best(True)
 
 
-def resolve_dtypes(cfg: VerifyConfig, device: str, hidden: int) -> tuple[str, str, bool, dict]:
-    """(student dtype, teacher dtype, bf16 autocast for the student, note). --dtype auto: on CUDA the student keeps
-    float32 master weights under bf16 autocast (AdamW updates at lr 1e-6 vanish in bf16 weights) and the teacher
-    loads in bf16; on CPU the same only when a quick measured check says bf16 is faster, else float32 throughout."""
+def resolve_dtypes(cfg: VerifyConfig, device: str) -> tuple[str, str, bool, dict]:
+    """(student dtype, teacher dtype, bf16 autocast for the student, note) before loading. --dtype auto: on CUDA
+    the student keeps float32 master weights under bf16 autocast (AdamW updates at lr 1e-6 vanish in bf16 weights)
+    and the teacher loads in bf16; on CPU the student loads in float32 and ``cpu_bf16_speedup`` then decides
+    (``choose_cpu_autocast``)."""
     if cfg.dtype != "auto":
         return cfg.dtype, cfg.dtype, False, {"dtype": cfg.dtype, "why": "--dtype"}
     if device.startswith("cuda"):
@@ -301,12 +305,16 @@ def resolve_dtypes(cfg: VerifyConfig, device: str, hidden: int) -> tuple[str, st
         if torch.cuda.is_bf16_supported():
             return "float32", "bfloat16", True, {"dtype": "bf16 autocast", "why": "CUDA with bf16"}
         return "float32", "float32", False, {"dtype": "float32", "why": "CUDA without bf16"}
-    if device != "cpu":
-        return "float32", "float32", False, {"dtype": "float32", "why": device}
-    speedup = cpu_bf16_speedup(hidden)
+    return "float32", "float32", False, {"dtype": "float32", "why": device}
+
+
+def choose_cpu_autocast(student) -> tuple[bool, dict]:
+    """--dtype auto on CPU: bf16 autocast (teacher in bf16) only when the measured forward is at least
+    CPU_BF16_MIN_SPEEDUP faster."""
+    speedup = cpu_bf16_speedup(student)
     if speedup >= CPU_BF16_MIN_SPEEDUP:
-        return "float32", "bfloat16", True, {"dtype": "bf16 autocast", "why": f"bf16 matmul {speedup:.2f}x faster"}
-    return "float32", "float32", False, {"dtype": "float32", "why": f"bf16 matmul only {speedup:.2f}x as fast"}
+        return True, {"dtype": "bf16 autocast", "why": f"bf16 forward measured {speedup:.2f}x faster"}
+    return False, {"dtype": "float32", "why": f"bf16 forward measured {speedup:.2f}x as fast"}
 
 
 def model_fingerprint(path: str) -> dict:
@@ -419,13 +427,12 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
                 numbers_key=lambda d: {k: v for k, v in d.items() if k not in ("resume", "overwrite")})
     notes: list[str] = []
     spec_s, spec_t = model_spec(cfg.student, cfg), model_spec(cfg.teacher, cfg)
-    from ..backends.loading import load_config, resolve_model_path
+    from ..backends.loading import resolve_model_path
 
-    hidden = vm_hidden(load_config(resolve_model_path(spec_s, "student"), spec_s, "student"))
-    dt_s, dt_t, use_autocast, dtype_note = resolve_dtypes(cfg, devices[0], hidden)
+    dt_s, dt_t, use_autocast, dtype_note = resolve_dtypes(cfg, devices[0])
     spec_s = replace(spec_s, device=devices[0], dtype=dt_s)
     spec_t = replace(spec_t, device=devices[1], dtype=dt_t)
-    state: dict = {"student": None, "teacher": None, "fresh": False}
+    state: dict = {"student": None, "teacher": None, "fresh": False, "autocast": use_autocast}
 
     def student():
         """The untouched student: loaded again after an arm-seed trained it."""
@@ -435,7 +442,7 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
             free_model(state.pop("student"))
         progress.log(f"loading student {cfg.student}")
         s = load_backend_model("hf", spec_s, role="student")
-        s.autocast_bf16 = use_autocast
+        s.autocast_bf16 = state["autocast"]
         check_top_k(s, cfg.top_k, "student")
         state.update(student=s, fresh=True)
         return s
@@ -465,6 +472,11 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     memory = memory_check(cfg, spec_s, spec_t, devices, (dt_s, dt_t, use_autocast),
                           max(len(r) for r in data.train))
     s0 = student()
+    if cfg.dtype == "auto" and devices[0] == "cpu":  # measured on the loaded student, before the teacher loads
+        state["autocast"], dtype_note = choose_cpu_autocast(s0)
+        s0.autocast_bf16 = state["autocast"]
+        if state["autocast"]:
+            spec_t = replace(spec_t, dtype="bfloat16")
     V = s0.vocab_size
     probe_k = min(cfg.probe_top_k, V - 1)
     if probe_k < cfg.probe_top_k:
@@ -550,11 +562,6 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     rows = [{"arm": r["arm"], "seed": r["seed"], **row} for r in teacher_recs + control_recs for row in r["steps"]]
     out.write_parquet("steps.parquet", pd.DataFrame(rows))
     return result
-
-
-def vm_hidden(config) -> int:
-    c = getattr(config, "get_text_config", lambda: config)()
-    return int(getattr(c, "hidden_size", 0) or getattr(c, "n_embd", 0) or 256)
 
 
 def recipe_evidence(out) -> str:
