@@ -28,7 +28,7 @@ from .. import metrics
 
 # Bytes of float32 head work per chunk in the training step: the chunk's logits, its log-softmax and one
 # probability buffer (3 × C × V × 4 bytes). 128 MiB: ~75 positions per chunk at V = 150k; measured (docs/performance.md)
-# at 0.15 of the naive step's extra memory with 512 positions and 0.04 with 2048; 256 MiB gave 0.29 at 512 positions.
+# at 0.15 of the naive step's extra memory with 512 positions and 0.06 with 2048; 256 MiB gave 0.29 at 512 positions.
 TRAIN_CHUNK_BYTES = 128 * 2**20
 STEP_METRICS = ("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "entropy_gap", "topk_reverse_kl",
                 "sampled_reverse_kl", "top1_agreement", "student_entropy", "teacher_entropy",
