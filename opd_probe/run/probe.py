@@ -26,6 +26,7 @@ from ..errors import InputError, ModelLoadError
 from ..prompts import load_prompts, template_hash
 from ..rundir import OutDir
 from ..thresholds import Thresholds
+from ..approximations import approximation_how, approximation_warnings, approximations
 from ..types import PairResult, ProbePrompt, ProbeResults, Rollout
 from ..verdict import decide, rank_key
 from ..vocab import check_vocab
@@ -572,46 +573,3 @@ def _score_templates(cfg: ProbeConfig, teacher, name: str, slug: str, rollouts: 
     if tt_slug != slug:
         info["scores_dir"] = f"scores/{tt_slug}"
     return by_template, info
-
-
-# ---------------------------------------------------------------------------------------------------- approximations
-_HOW_FALLBACK = {"entropy": "estimated from top-K' log-probs (see docs/vllm.md)",
-                 "query": "teacher log-probs outside its top-K' replaced by an upper bound (see docs/vllm.md)"}
-
-
-def approximations(exact: dict[str, np.ndarray], how: dict[str, str]) -> dict:
-    """metric -> {"exact_fraction", "how"} for every metric with an estimated state; {} when all are exact.
-
-    ``how``: {"entropy": ..., "query": ...}, how the backend that produced the estimates made them.
-    """
-    out = {}
-    for name, mask in exact.items():
-        key = "query" if name in metrics.QUERY_METRICS else "entropy"
-        out[name] = {"exact_fraction": float(np.mean(mask)) if mask.size else 1.0,
-                     "how": how.get(key) or _HOW_FALLBACK[key]}
-    return out
-
-
-def approximation_how(student: ScoreArrays, student_info: dict, teacher: ScoreArrays, teacher_info: dict) -> dict:
-    """How each estimate in these two score sets was made, from the info of the backend that made it."""
-    how = {}
-    for scores, info in ((student, student_info), (teacher, teacher_info)):
-        if scores.entropy_exact_L is not None and not scores.entropy_exact_L.all():
-            how.setdefault("entropy", (info.get("approximations") or {}).get("entropy"))
-    if teacher.query_exact_LQ is not None and not teacher.query_exact_LQ.all():
-        how["query"] = (teacher_info.get("approximations") or {}).get("query")
-    return {k: v for k, v in how.items() if v}
-
-
-def approximation_warnings(approx: dict) -> list[str]:
-    """One line per kind of estimate, naming the metrics it affects and the way to exact values."""
-    lines = []
-    ent = [m for m in approx if m in metrics.ENTROPY_METRICS]
-    if ent:
-        lines.append(f"approximate: {', '.join(ent)} ({approx[ent[0]]['how']}); --exact-entropy scores with the "
-                     "transformers scorer for exact values")
-    for m in metrics.QUERY_METRICS:
-        if m in approx:
-            lines.append(f"approximate: {m} is a lower bound at {1 - approx[m]['exact_fraction']:.0%} of states "
-                         f"({approx[m]['how']}); raise --vllm-logprobs, or use --score-backend hf for exact values")
-    return lines
