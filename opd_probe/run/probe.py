@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__, costs, metrics, novelty, templates
 from ..backends import check_backend, load_backend_model
-from ..backends.base import SamplingSettings, ScoreArrays
+from ..backends.base import ScoreArrays
 from ..config import ProbeConfig
 from ..errors import InputError, ModelLoadError
 from ..prompts import load_prompts, template_hash
@@ -29,139 +29,17 @@ from ..thresholds import Thresholds
 from ..approximations import approximation_how, approximation_warnings, approximations
 from ..types import PairResult, ProbePrompt, ProbeResults, Rollout
 from ..verdict import decide, rank_key
-from ..vocab import check_vocab
 from . import evidence
-from .stages import (NullProgress, Progress, batches_by_tokens, check_top_k, environment, file_sha256, free_model,
-                     model_spec, sampling_seed)
+from .stages import (NullProgress, Progress, check_student_context, check_teacher_context, environment, file_sha256,
+                     free_model, load_student, load_teacher, model_spec, sample_rollouts, sampling_settings,
+                     score_rollouts)
 
 STUDENT_SLUG = "student"
-PART_ROLLOUTS = 64  # rollouts per saved score part: the resume granularity of scoring
 
 
 def teacher_slug(index: int, name: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name.rstrip("/")).name or name).strip("-") or "teacher"
     return f"teacher-{index}-{base[:40]}"
-
-
-# ---------------------------------------------------------------------------------------------------- sampling
-def sample_rollouts(student, prompts: list[ProbePrompt], rendered: list[list[int]], cfg: ProbeConfig,
-                    out: OutDir, progress: Progress) -> tuple[list[Rollout], dict]:
-    """Student rollouts for every prompt; prompts already on disk (a resumed run) are not sampled again."""
-    done = out.read_rollouts(samples=cfg.samples)
-    out.rewrite_rollouts(done)  # drop a torn line or a half-finished prompt before appending
-    done_prompts = {r.prompt_index for r in done}
-    settings = SamplingSettings(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
-    per_call = max(1, cfg.batch_size // cfg.samples)
-    progress.stage("sampling student rollouts", len(prompts) * cfg.samples)
-    progress.advance(len(done))
-    t0, new_tokens = time.perf_counter(), 0
-    # Batches are fixed slices of the prompt list (not of the to-do list) and each is seeded by its first
-    # prompt index, so a resumed run samples exactly what the uninterrupted run would have.
-    for start in range(0, len(prompts), per_call):
-        batch = list(range(start, min(start + per_call, len(prompts))))
-        if not any(i not in done_prompts for i in batch):
-            continue
-        # A torn write can leave part of a batch on disk: sample the whole slice again (same seed, same
-        # shapes, same draws) and keep only the missing prompts.
-        gens = student.generate([rendered[i] for i in batch], settings, seed=sampling_seed(cfg.seed, start))
-        fresh = []
-        for i, g_list in zip(batch, gens):
-            if i in done_prompts:
-                continue
-            for j, g in enumerate(g_list):
-                fresh.append(Rollout(
-                    rollout_id=i * cfg.samples + j, prompt_index=i, prompt_id=prompts[i].id, sample_index=j,
-                    prompt_token_ids=tuple(rendered[i]), response_token_ids=g.response_ids,
-                    response_text=student.decode(g.response_ids), finish_reason=g.finish_reason,
-                ))
-                new_tokens += len(g.response_ids)
-        out.append_rollouts(fresh)
-        done.extend(fresh)
-        progress.advance(len(fresh))
-    seconds = time.perf_counter() - t0
-    done.sort(key=lambda r: r.rollout_id)
-    timing = {"sampling_seconds": seconds, "sampled_tokens": new_tokens,
-              "sampling_tokens_per_second": new_tokens / seconds if seconds > 0 and new_tokens else None}
-    return done, timing
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-def score_rollouts(model, rollouts: list[Rollout], k: int, slug: str, out: OutDir, cfg: ProbeConfig,
-                   progress: Progress, query: list[np.ndarray] | None = None) -> tuple[ScoreArrays, dict]:
-    """Score every rollout's response positions with ``model``; saved parts (a resumed run) are reused."""
-    n = len(rollouts)
-    pos = {r.rollout_id: i for i, r in enumerate(rollouts)}
-    have: dict[int, ScoreArrays] = {}
-    for first, last, arrays in out.read_score_parts(slug):
-        lengths = [len(rollouts[pos[rid]].response_token_ids) for rid in range(first, last + 1)]
-        if arrays["entropy_L"].shape[0] != sum(lengths):
-            continue  # stale part (should not happen: parts are written atomically)
-        whole = ScoreArrays(**{f: arrays.get(f) for f in ScoreArrays.FIELDS})
-        start = 0
-        for rid, length in zip(range(first, last + 1), lengths):
-            have[pos[rid]] = whole.slice(start, start + length)
-            start += length
-    progress.stage(f"scoring with {slug}", n)
-    progress.advance(len(have))
-    seq_len = [len(r.prompt_token_ids) + len(r.response_token_ids) for r in rollouts]
-    t0, tokens, states = time.perf_counter(), 0, 0
-    # vLLM schedules its requests itself: hand it whole parts rather than token-budgeted batches
-    budget = float("inf") if getattr(model, "schedules_own_batches", False) else cfg.score_batch_tokens
-    for p0 in range(0, n, PART_ROLLOUTS):
-        part = [i for i in range(p0, min(p0 + PART_ROLLOUTS, n))]
-        if all(i in have for i in part):
-            continue
-        if model is None:
-            raise InputError(f"saved scores in {out.scores_dir(slug)} do not cover every rollout",
-                             fix="re-run the original probe to completion, or drop --reuse")
-        for batch in batches_by_tokens(part, seq_len, budget):
-            scored = model.score(
-                [rollouts[i].prompt_token_ids for i in batch],
-                [rollouts[i].response_token_ids for i in batch],
-                k=k,
-                query_ids_LQ=[query[i] for i in batch] if query is not None else None,
-            )
-            for i, s in zip(batch, scored):
-                have[i] = s
-            tokens += sum(seq_len[i] for i in batch)
-            states += sum(len(s) for s in scored)
-            progress.advance(len(batch))
-        joined = ScoreArrays.concat([have[i] for i in part])
-        out.write_score_part(slug, rollouts[part[0]].rollout_id, rollouts[part[-1]].rollout_id,
-                             {f: getattr(joined, f) for f in ScoreArrays.FIELDS})
-    seconds = time.perf_counter() - t0
-    timing = {"scoring_seconds": seconds, "scored_tokens": tokens, "scored_states": states,
-              "scoring_tokens_per_second": tokens / seconds if seconds > 0 and tokens else None}
-    return ScoreArrays.concat([have[i] for i in range(n)]), timing
-
-
-# ---------------------------------------------------------------------------------------------------- checks
-def check_student_context(student, prompts: list[ProbePrompt], rendered: list[list[int]], cfg: ProbeConfig):
-    ctx = student.context_length()
-    if ctx is None:
-        return
-    for p, ids in zip(prompts, rendered):
-        if len(ids) + cfg.max_new_tokens > ctx:
-            raise InputError(
-                f"prompt {p.id!r} (line/row {p.index + 1}) renders to {len(ids)} tokens; with "
-                f"--max-new-tokens {cfg.max_new_tokens} that exceeds the student's context of {ctx} tokens",
-                fix=f"shorten or drop that prompt, or lower --max-new-tokens to {max(ctx - len(ids), 0)} or less",
-            )
-
-
-def check_teacher_context(teacher, rollouts: list[Rollout], name: str):
-    ctx = teacher.context_length()
-    if ctx is None:
-        return
-    longest = max(rollouts, key=lambda r: len(r.prompt_token_ids) + len(r.response_token_ids))
-    n = len(longest.prompt_token_ids) + len(longest.response_token_ids)
-    if n > ctx:
-        raise InputError(
-            f"teacher {name} has a context of {ctx} tokens, but rollout {longest.rollout_id} "
-            f"(prompt {longest.prompt_id!r}) is {n} tokens long",
-            fix="lower --max-new-tokens (or drop the long prompts) so prompt + response fits the teacher",
-        )
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -241,17 +119,17 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"could not load the student tokenizer from {cfg.student!r}: {e}",
                                  fix="--reuse needs the student's folder for the vocabulary check") from e
-        student_scores, _ = score_rollouts(None, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
+        student_scores, _ = score_rollouts(None, rollouts, cfg.top_k, cfg.score_batch_tokens, STUDENT_SLUG, out, progress)
     else:
         teacher_views = teacher_renderings(cfg, prompts)  # before sampling: a teacher without a template fails fast
         progress.log(f"loading student {cfg.student} ({cfg.rollout_backend_used})")
         t0 = time.perf_counter()
-        student = load_backend_model(cfg.rollout_backend_used, model_spec(cfg.student, cfg), role="student")
+        student = load_student(cfg.rollout_backend_used, model_spec(cfg.student, cfg), cfg.top_k)
         timings["student_load_seconds"] = time.perf_counter() - t0
-        check_top_k(student, cfg.top_k, "student")
         rendered = [student.render(p, cfg.chat_template) for p in prompts]
-        check_student_context(student, prompts, rendered, cfg)
-        rollouts, sample_timing = sample_rollouts(student, prompts, rendered, cfg, out, progress)
+        check_student_context(student, prompts, rendered, cfg.max_new_tokens)
+        rollouts, sample_timing = sample_rollouts(student, prompts, rendered, sampling_settings(cfg, cfg.samples), out,
+                                                  progress)
         sample_timing["max_new_tokens"] = cfg.max_new_tokens
         if cfg.score_backend_used != cfg.rollout_backend_used:  # mixed backends: the scorer loads the student too
             free_model(student)
@@ -259,7 +137,8 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             t0 = time.perf_counter()
             student = load_backend_model(cfg.score_backend_used, model_spec(cfg.student, cfg), role="student")
             timings["student_scorer_load_seconds"] = time.perf_counter() - t0
-        student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, STUDENT_SLUG, out, cfg, progress)
+        student_scores, score_timing = score_rollouts(student, rollouts, cfg.top_k, cfg.score_batch_tokens, STUDENT_SLUG,
+                                                      out, progress)
         sample_timing.update({f"student_{k}": v for k, v in score_timing.items()})
         student_info, student_vocab, student_tok = student.info, student.vocab(), student.tokenizer
         prompts_meta = {"source": cfg.prompts, "sha256": file_sha256(cfg.prompts), "count": len(prompts)}
@@ -292,10 +171,9 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         slug = teacher_slug(ti, name)
         progress.log(f"loading teacher {name}")
         t0 = time.perf_counter()
-        teacher = load_backend_model(cfg.score_backend_used, model_spec(name, cfg), role="teacher")
+        teacher, pair_warnings = load_teacher(cfg.score_backend_used, model_spec(name, cfg), cfg.top_k, student_vocab,
+                                              name)
         load_s = time.perf_counter() - t0
-        pair_warnings = check_vocab(student_vocab, teacher.vocab(), name)
-        check_top_k(teacher, cfg.top_k, "teacher")
         by_template, pair_templates = _score_templates(cfg, teacher, name, slug, rollouts, teacher_views.get(name),
                                                        student_tok, out, progress, student_query)
         primary = templates.primary_template(cfg.template)
@@ -533,7 +411,8 @@ def _score_templates(cfg: ProbeConfig, teacher, name: str, slug: str, rollouts: 
     info: dict = {}
     if "student" in cfg.template:
         check_teacher_context(teacher, rollouts, name)
-        by_template["student"] = score_rollouts(teacher, rollouts, cfg.top_k, slug, out, cfg, progress, query=query)
+        by_template["student"] = score_rollouts(teacher, rollouts, cfg.top_k, cfg.score_batch_tokens, slug, out, progress,
+                                                  query=query)
     if "teacher" not in cfg.template:
         return by_template, info
     info = {"compared": list(cfg.template), "primary": templates.primary_template(cfg.template)}
@@ -569,7 +448,8 @@ def _score_templates(cfg: ProbeConfig, teacher, name: str, slug: str, rollouts: 
     info["identical"] = not differing
     check_teacher_context(teacher, own, name)
     tt_slug = slug + TEACHER_TEMPLATE_SUFFIX if "student" in cfg.template else slug
-    by_template["teacher"] = score_rollouts(teacher, own, cfg.top_k, tt_slug, out, cfg, progress, query=query)
+    by_template["teacher"] = score_rollouts(teacher, own, cfg.top_k, cfg.score_batch_tokens, tt_slug, out, progress,
+                                               query=query)
     if tt_slug != slug:
         info["scores_dir"] = f"scores/{tt_slug}"
     return by_template, info
