@@ -23,14 +23,14 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import __version__, metrics, selection
+from .. import __version__, selection
 from ..backends.base import ScoreArrays
 from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, from_known_keys
 from ..errors import InputError, OutputError, ProbeError
 from ..prompts import PoolRecord, iter_pool, scan_pool
 from ..rundir import OutDir, atomic_write_text, dumps
 from .stages import (NullProgress, Progress, environment, load_pair, model_spec, prompts_per_call, sampling_seed,
-                     sampling_settings, score_batched)
+                     sampling_settings, score_batched, state_metrics)
 
 SCORE_FIELD = "opd_probe"  # the field each kept record gains (the user's own fields are kept as they are)
 DEFAULT_PROBE_SAMPLES = 2
@@ -214,9 +214,7 @@ def score_chunk(student, teacher, chunk: list[PoolRecord], cfg: SelectConfig, co
         clock.t["teacher_scoring_seconds"] += time.perf_counter() - t0
         clock.t["teacher_scored_tokens"] += n_tok
 
-        states = metrics.per_state_metrics(s.topk_ids_LK, s.topk_logprobs_LK, s.entropy_L, s.sampled_logprob_L,
-                                           t.topk_ids_LK, t.topk_logprobs_LK, t.entropy_L, t.query_logprobs_LQ,
-                                           t.sampled_logprob_L)
+        states = state_metrics(s, t)
         means = selection.prompt_means(states, np.repeat(owner, lengths), len(todo))
         resp_len = np.bincount(owner, weights=lengths, minlength=len(todo)) / cfg.probe_samples
         for j, (rec, ids) in enumerate(todo):

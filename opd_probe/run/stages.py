@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, metrics
 from ..backends import close_model, load_backend_model
 from ..backends.base import ModelSpec, SamplingSettings, ScoreArrays, release_memory
 from ..errors import InputError
@@ -176,6 +176,15 @@ def score_batched(model, prompts: Sequence[Sequence[int]], responses: Sequence[S
         if advance is not None:
             advance(len(batch))
     return [have[i] for i in range(len(prompts))]
+
+
+def state_metrics(student: ScoreArrays, teacher: ScoreArrays) -> dict[str, np.ndarray]:
+    """metrics.per_state_metrics of the same states scored by the student and a teacher."""
+    return metrics.per_state_metrics(
+        student.topk_ids_LK, student.topk_logprobs_LK, student.entropy_L, student.sampled_logprob_L,
+        teacher.topk_ids_LK, teacher.topk_logprobs_LK, teacher.entropy_L, teacher.query_logprobs_LQ,
+        teacher.sampled_logprob_L,
+    )
 
 
 # ------------------------------------------------------------------------------- compare's checkpointed stages
