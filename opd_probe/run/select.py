@@ -249,7 +249,8 @@ def _check_out(cfg: SelectConfig) -> None:
 
 def run_select(cfg: SelectConfig, progress: Progress | None = None) -> dict:
     """Score the pool (resuming from <work>/scores.jsonl), select, write --out and <work>/selection.json.
-    Returns the selection document. Raises ProbeError subclasses on bad input (nothing finished is lost)."""
+    Returns the selection document (the CLI renders it, and writes <work>/summary.md). Raises ProbeError
+    subclasses on bad input (nothing finished is lost)."""
     progress = progress or NullProgress()
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -350,9 +351,6 @@ def finish_selection(cfg: SelectConfig, scan, done: dict[int, dict], work: OutDi
         "warnings": warnings,
     }
     atomic_write_text(work.path / "selection.json", dumps(doc))
-    from ..report.markdown import selection_markdown
-
-    atomic_write_text(work.path / "summary.md", selection_markdown(doc))
     return doc
 
 
