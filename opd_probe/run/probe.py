@@ -26,7 +26,7 @@ from ..config import ProbeConfig
 from ..errors import InputError
 from ..rundir import OutDir
 from ..thresholds import Thresholds
-from ..types import PairResult, ProbeResults, Rollout
+from ..types import Novelty, PairResult, ProbeResults, Rollout
 from ..verdict import decide, rank_key
 from . import evidence
 from .inputs import StudentSide, fresh_student_side, probe_prompts, reused_student_side
@@ -74,7 +74,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     warnings = _distinguishability_warnings(dist, scored)
     pairs = _with_verdicts(pairs, thresholds, dist, {s.pair.teacher: s.template_differs for s in scored})
     ranking = tuple(p.teacher for p in sorted(pairs, key=lambda p: rank_key(
-        p.verdict["status"], _means(p), p.novelty.get("continuation"))))
+        p.verdict.status, _means(p), p.novelty.continuation)))
     rollout_meta = _rollout_meta(cfg, student, states)
     warnings += _length_warnings(cfg, rollout_meta)
     timings["total_seconds"] = time.perf_counter() - started
@@ -140,7 +140,7 @@ class _TeacherRun:
     templates: dict  # the pair's templates record, without the comparison numbers
     scores: ScoreArrays  # under the primary template: what the verdict reads
     timing: dict
-    novelty: dict
+    novelty: Novelty
     template_differs: bool
 
 
@@ -181,13 +181,13 @@ def _run_teacher(cfg: ProbeConfig, name: str, slug: str, student: StudentSide, s
     t_scores, t_timing = by_template[primary]
     if primary != "student":
         t_timing = {**t_timing, "template": primary}
-    pair_novelty: dict = {}
+    pair_novelty = Novelty()
     if cfg.continuation_depths:
         progress.log(f"continuation gain of {name} at depths {list(cfg.continuation_depths)}")
         t0 = time.perf_counter()
-        pair_novelty["continuation"] = evidence.continuation_gain(
+        pair_novelty = Novelty(continuation=tuple(evidence.continuation_gain(
             teacher, student.rollouts, states.correct, student.answers, cfg.continuation_depths, cfg.max_new_tokens,
-            seed=cfg.seed)
+            seed=cfg.seed)))
         t_timing["continuation_seconds"] = time.perf_counter() - t0
     # the "scored under the student's template" note only holds when that is the rendering the verdict uses
     differs = primary == "student" and teacher.info.get("chat_template_hash") != student.info.get("chat_template_hash")
@@ -307,7 +307,7 @@ def gate_outcome(pairs: Sequence[PairResult], fail_on: Sequence[str]) -> dict | 
     """Every gated pair must pass: the gate trips when any teacher's status is in ``fail_on``."""
     if not fail_on:
         return None
-    tripped = [p.teacher for p in pairs if p.verdict["status"] in fail_on]
+    tripped = [p.teacher for p in pairs if p.verdict.status in fail_on]
     return {"fail_on": list(fail_on), "passed": not tripped, "tripped_by": tripped}
 
 
@@ -327,13 +327,9 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
     for p in pairs:
         depth = [(b["start"], b["n_states"], b["metrics"]["overlap_ratio"].mean) for b in p.depth]
         v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
-                   continuation=p.novelty.get("continuation"), indistinguishable_from=same.get(p.teacher),
+                   continuation=p.novelty.continuation, indistinguishable_from=same.get(p.teacher),
                    template_differs=template_differs.get(p.teacher, False),
-                   template_choice=p.templates if "recommended" in p.templates else None).to_dict()
-        for r in v["reasons"]:  # a reason resting on an estimate says so where it is read
-            if r.get("metric") in p.approximate:
-                r["approximate"] = True
-                r["message"] += " (value approximate: see the warnings)"
+                   template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate)
         out.append(replace(p, verdict=v))
     return out
 
@@ -354,7 +350,7 @@ def _with_grad_norms(spec: ModelSpec, budget: int, pairs: list[PairResult], roll
         approx = dict(p.approximate)
         if "topk_reverse_kl" in approx:  # the loss it differentiates uses the same teacher log-probs
             approx["grad_norm"] = {**approx["topk_reverse_kl"], "exact_fraction": None}
-        out.append(replace(p, novelty={**p.novelty, "grad_norm": norm}, approximate=approx,
+        out.append(replace(p, novelty=replace(p.novelty, grad_norm=norm), approximate=approx,
                            timings={**p.timings, "grad_norm_seconds": time.perf_counter() - t0}))
         progress.advance(1)
     free_model(student)
