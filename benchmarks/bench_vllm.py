@@ -54,7 +54,7 @@ def main() -> None:
 
     from opd_probe.backends.base import ModelSpec, SamplingSettings
     from opd_probe.backends.hf import HFModel
-    from opd_probe.run.probe import _batches_by_tokens
+    from opd_probe.run.stages import batches_by_tokens
     from opd_probe.prompts import load_prompts
     from opd_probe.lab.smollm2 import smollm2_dir
 
@@ -83,7 +83,7 @@ def main() -> None:
     scored_tokens = sum(len(p) + len(r) for p, r in zip(seq_p, seq_r))
     lengths = [len(p) + len(r) for p, r in zip(seq_p, seq_r)]
     t0 = time.perf_counter()
-    for batch in _batches_by_tokens(list(range(len(seq_p))), lengths, 8192):
+    for batch in batches_by_tokens(list(range(len(seq_p))), lengths, 8192):
         hf.score([seq_p[i] for i in batch], [seq_r[i] for i in batch], k=K, query_ids_LQ=[query[i] for i in batch])
     hf_score_s = time.perf_counter() - t0
     del hf

@@ -184,6 +184,10 @@ def select_prompts(
     stdout, stderr = _consoles()
     with RichProgress(stderr, enabled=not quiet) as progress:
         doc = run_select(cfg, progress=progress)
+    from .report.markdown import selection_markdown
+    from .rundir import atomic_write_text
+
+    atomic_write_text(Path(cfg.work).expanduser() / "summary.md", selection_markdown(doc))
     if json_out:
         sys.stdout.write(dumps(doc) + "\n")
     else:

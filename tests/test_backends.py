@@ -191,7 +191,7 @@ def test_exact_states_names_what_rests_on_estimates():
 
 
 def test_approximation_summary_and_warnings():
-    from opd_probe.run.probe import approximation_warnings, approximations
+    from opd_probe.approximations import approximation_warnings, approximations
 
     approx = approximations({"topk_reverse_kl": np.array([True, False, False, True])}, {"query": "how it's done"})
     assert approx == {"topk_reverse_kl": {"exact_fraction": 0.5, "how": "how it's done"}}

@@ -457,6 +457,7 @@ def captured(monkeypatch, tmp_path):
     """Run compare / select-prompts up to their config: the orchestrator is replaced by one that records it.
     The working directory has no pyproject.toml, so only --config files are read."""
     import opd_probe.cli
+    import opd_probe.report.markdown
     import opd_probe.run.select
 
     seen = {}
@@ -467,10 +468,12 @@ def captured(monkeypatch, tmp_path):
 
     def run_select(cfg, progress):
         seen["cfg"] = cfg
+        Path(cfg.work).mkdir(parents=True)  # the CLI writes the document's summary.md there
         return {}
 
     monkeypatch.setattr(opd_probe.cli, "_run_and_print", run_and_print)
     monkeypatch.setattr(opd_probe.run.select, "run_select", run_select)
+    monkeypatch.setattr(opd_probe.report.markdown, "selection_markdown", lambda doc: "")
     monkeypatch.chdir(tmp_path)
     return seen
 

@@ -23,11 +23,14 @@ from typing import Iterator
 
 import numpy as np
 
-from .. import __version__, metrics, selection
+from .. import __version__, selection
+from ..backends.base import ScoreArrays
 from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, from_known_keys
 from ..errors import InputError, OutputError, ProbeError
 from ..prompts import PoolRecord, iter_pool, scan_pool
 from ..rundir import OutDir, atomic_write_text, dumps, read_pool_scores
+from .stages import (NullProgress, Progress, environment, load_pair, model_spec, prompts_per_call, sampling_seed,
+                     sampling_settings, score_batched, state_metrics)
 
 SCORE_FIELD = "opd_probe"  # the field each kept record gains (the user's own fields are kept as they are)
 DEFAULT_PROBE_SAMPLES = 2
@@ -145,25 +148,15 @@ class _Clock:
 
 
 def _score(model, prompts: list[tuple[int, ...]], responses: list[tuple[int, ...]], k: int, budget: int,
-           query: list[np.ndarray] | None = None):
-    from ..backends.base import ScoreArrays
-    from .stages import batches_by_tokens
-
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    have = {}
-    for batch in batches_by_tokens(list(range(len(prompts))), lengths, budget):
-        scored = model.score([prompts[i] for i in batch], [responses[i] for i in batch], k=k,
-                             query_ids_LQ=[query[i] for i in batch] if query is not None else None)
-        have.update(zip(batch, scored))
-    return ScoreArrays.concat([have[i] for i in range(len(prompts))]), sum(lengths)
+           query: list[np.ndarray] | None = None) -> tuple[ScoreArrays, int]:
+    """All pairs' scores joined, and the tokens scored."""
+    scored = score_batched(model, prompts, responses, k, budget, query=query)
+    return ScoreArrays.concat(scored), sum(len(p) + len(r) for p, r in zip(prompts, responses))
 
 
 def score_chunk(student, teacher, chunk: list[PoolRecord], cfg: SelectConfig, context: int | None,
                 clock: _Clock) -> list[dict]:
     """Score line per record of ``chunk``: sample, score with both models, per-prompt means."""
-    from ..backends.base import SamplingSettings
-    from .stages import sampling_seed
-
     rows: dict[int, dict] = {}
     todo: list[tuple[PoolRecord, list[int]]] = []
     for rec in chunk:
@@ -178,9 +171,8 @@ def score_chunk(student, teacher, chunk: list[PoolRecord], cfg: SelectConfig, co
         else:
             todo.append((rec, ids))
     if todo:
-        settings = SamplingSettings(samples=cfg.probe_samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
-        per_call = max(1, cfg.batch_size // cfg.probe_samples)
+        settings = sampling_settings(cfg, cfg.probe_samples)
+        per_call = prompts_per_call(settings)
         prompts, responses, owner = [], [], []
         t0 = time.perf_counter()
         for start in range(0, len(todo), per_call):
@@ -207,9 +199,7 @@ def score_chunk(student, teacher, chunk: list[PoolRecord], cfg: SelectConfig, co
         clock.t["teacher_scoring_seconds"] += time.perf_counter() - t0
         clock.t["teacher_scored_tokens"] += n_tok
 
-        states = metrics.per_state_metrics(s.topk_ids_LK, s.topk_logprobs_LK, s.entropy_L, s.sampled_logprob_L,
-                                           t.topk_ids_LK, t.topk_logprobs_LK, t.entropy_L, t.query_logprobs_LQ,
-                                           t.sampled_logprob_L)
+        states = state_metrics(s, t)
         means = selection.prompt_means(states, np.repeat(owner, lengths), len(todo))
         resp_len = np.bincount(owner, weights=lengths, minlength=len(todo)) / cfg.probe_samples
         for j, (rec, ids) in enumerate(todo):
@@ -242,11 +232,10 @@ def _check_out(cfg: SelectConfig) -> None:
         raise OutputError(f"cannot write --out {out}: {parent} is not writable", fix="pass a writable path for --out")
 
 
-def run_select(cfg: SelectConfig, progress=None) -> dict:
+def run_select(cfg: SelectConfig, progress: Progress | None = None) -> dict:
     """Score the pool (resuming from <work>/scores.jsonl), select, write --out and <work>/selection.json.
-    Returns the selection document. Raises ProbeError subclasses on bad input (nothing finished is lost)."""
-    from .stages import NullProgress, environment, load_pair, model_spec
-
+    Returns the selection document (the CLI renders it, and writes <work>/summary.md). Raises ProbeError
+    subclasses on bad input (nothing finished is lost)."""
     progress = progress or NullProgress()
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -347,9 +336,6 @@ def finish_selection(cfg: SelectConfig, scan, done: dict[int, dict], work: OutDi
         "warnings": warnings,
     }
     atomic_write_text(work.path / "selection.json", dumps(doc))
-    from ..report.markdown import selection_markdown
-
-    atomic_write_text(work.path / "summary.md", selection_markdown(doc))
     return doc
 
 
