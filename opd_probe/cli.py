@@ -567,6 +567,89 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
     return EXIT_OK
 
 
+@app.command()
+def check(
+    student: str = typer.Argument(..., help="Student model: a local folder, zoo:NAME or a hub id."),
+    teachers: List[str] = typer.Argument(..., help="One or more candidate teachers."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p",
+                                           help="Probe prompts (.jsonl/.csv/.parquet): their renderings and lengths "
+                                                "are checked (default: one example prompt, no context check)."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest planned response, in tokens."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the top-k sets (paper default 16)."),
+    backend: str = typer.Option("hf", "--backend", help="hf or vllm: the scoring backend the run will use."),
+    vllm_logprobs: int = typer.Option(DEFAULT_VLLM_LOGPROBS, "--vllm-logprobs",
+                                      help="vLLM: top log-probs per position (K') the run will ask for."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sequences sampled at once (sizes the KV cache)."),
+    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Prompts as plain text."),
+    template: str = typer.Option("student", "--template",
+                                 help="Renderings the teachers score under: student, teacher or student,teacher."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="transformers: 'auto' spreads a model "
+                                                                        "over the GPUs (memory is then no limit)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos to run code."),
+    json_out: bool = typer.Option(False, "--json", help="One finding per line as JSON (JSON Lines) on stdout."),
+):
+    """Preflight in seconds, without loading a weight: token -> id maps, stop tokens, chat-template renderings,
+    context, top-k, remote code, dtype and memory per model (docs/check.md). Exit 0: all ok; 1: warnings;
+    2: an error (the run would fail) or bad input."""
+    import json
+
+    from .check import Plan, exit_code
+    from .prompts import load_prompts
+    from .run.preflight import findings
+    from .templates import parse_templates
+
+    try:
+        tmpl = parse_templates(template)
+    except ValueError as e:
+        from .errors import InputError
+
+        raise InputError(f"--template: {e}", fix="use student, teacher or student,teacher") from e
+    plan = Plan(max_new_tokens=max_new_tokens, top_k=top_k, backend=backend, vllm_logprobs=vllm_logprobs,
+                chat_template=not no_chat_template, template=tmpl, dtype=dtype, device=device,
+                device_map=device_map, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    loaded = load_prompts(prompts, limit=limit) if prompts is not None else None
+    found = findings(student, list(teachers), plan, loaded)
+    if json_out:
+        for f in found:
+            sys.stdout.write(json.dumps(f.to_dict(), ensure_ascii=False, default=str) + "\n")
+    else:
+        _print_findings(found, student, list(teachers))
+    return exit_code(found)
+
+
+_LEVEL_STYLE = {"ok": "green", "info": "dim", "warn": "yellow", "error": "bold red"}
+
+
+def _print_findings(found, student: str, teachers: list[str]) -> None:
+    """One table for the student (and the run), one per teacher; a rendering diff under its table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .check import worst
+
+    stdout, _ = _consoles()
+    sections = [(f"student {student}", [f for f in found if f.teacher is None])]
+    sections += [(f"teacher {t}", [f for f in found if f.teacher == t]) for t in dict.fromkeys(teachers)]
+    for title, items in sections:
+        level = worst(items)
+        table = Table(title=f"{escape(title)}: [{_LEVEL_STYLE[level]}]{level}[/]", title_justify="left",
+                      show_lines=False, expand=False)
+        for col in ("", "check", "finding", "fix"):
+            table.add_column(col, overflow="fold")
+        for f in items:
+            table.add_row(f"[{_LEVEL_STYLE[f.level]}]{f.level}[/]", f.code, escape(f.message), escape(f.fix or ""))
+        stdout.print(table)
+        for f in items:
+            if f.code == "rendering" and f.details.get("diff"):
+                stdout.print("[dim]" + escape("\n".join(f.details["diff"])) + "[/dim]")
+    level = worst(found)
+    stdout.print(f"[{_LEVEL_STYLE[level]}]{level}[/]: {sum(f.level == 'error' for f in found)} error(s), "
+                 f"{sum(f.level == 'warn' for f in found)} warning(s); no weights were loaded")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps every failure to exit code 2 (never 1, which means 'gate tripped')."""
     import click
