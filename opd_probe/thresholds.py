@@ -1,4 +1,5 @@
-"""The verdict's thresholds: one place, each with its provenance, overridable from a config file and flags.
+"""The verdict's thresholds: one place, each with its provenance, overridable from a config file (read by
+config.read_config_file) and flags.
 
 The paper (arXiv 2604.13016) gives no thresholds and no step-0 numbers for failing pairs,
 so every default started as a reading of the paper's reported values for successful runs where it has them, and a
@@ -11,7 +12,6 @@ No torch import here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 from .errors import InputError
 
@@ -107,29 +107,3 @@ def load_thresholds(file_values: dict | None = None, overrides: list[str] | None
         name, _, raw = item.partition("=")
         values.update(_check_and_coerce({name.strip(): raw.strip()}, "--threshold"))
     return Thresholds(**values)
-
-
-def read_config_file(path: str | None, cwd: Path | None = None) -> tuple[dict, str | None]:
-    """The opd-probe settings table: ``--config FILE`` (a TOML file; keys at top level or under
-    ``[tool.opd-probe]``), else ``[tool.opd-probe]`` in ./pyproject.toml. Returns (table, source)."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"--config {path}: file not found", fix="pass an existing TOML file")
-    else:
-        p = (cwd or Path.cwd()) / "pyproject.toml"
-        if not p.is_file():
-            return {}, None
-    try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: not valid TOML: {e}", fix="fix the syntax (see docs/ci.md for an example)") from e
-    table = doc.get("tool", {}).get("opd-probe")
-    if table is None:
-        table = {} if path is None else {k: v for k, v in doc.items() if k != "tool"}
-    return table, str(p)

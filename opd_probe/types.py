@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .costs import Projection
+
 SCHEMA_VERSION = 1
 
 
@@ -82,6 +84,86 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Reason:
+    """One rule that fired, with the numbers that made it fire (verdict.py)."""
+
+    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch
+    severity: str  # no-go | caution | info
+    metric: str
+    value: float | None
+    threshold: float | None
+    direction: str  # "<" (value below threshold trips it), "<=" (at or below), ">" or "!=" (info)
+    message: str
+    approximate: bool = False  # the value is an estimate (vLLM scoring; pairs[].approximate says how)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("code", "severity", "metric", "value", "threshold", "direction", "message")}
+        return {**d, "approximate": True} if self.approximate else d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Reason":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    teacher: str
+    status: str  # go | caution | no-go
+    reasons: tuple[Reason, ...]
+    recommendations: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher, "status": self.status, "reasons": [r.to_dict() for r in self.reasons],
+                "recommendations": list(self.recommendations)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+        return cls(teacher=d["teacher"], status=d["status"], reasons=tuple(Reason.from_dict(r) for r in d["reasons"]),
+                   recommendations=tuple(d["recommendations"]))
+
+
+@dataclass(frozen=True)
+class ContinuationGain:
+    """Teacher vs student accuracy continuing the student's own prefixes cut at ``depth`` (run/evidence.py)."""
+
+    depth: int
+    n: int
+    teacher_accuracy: float
+    student_accuracy: float
+    gain: float  # teacher_accuracy - student_accuracy
+    se: float  # standard error of the paired difference
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ContinuationGain":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """Knowledge-novelty evidence of one pair; each part only when it was asked for."""
+
+    continuation: tuple[ContinuationGain, ...] | None = None  # --continuation-depths
+    grad_norm: float | None = None  # --grad-norm: step-0 gradient norm of the OPD top-k loss
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.continuation is not None:
+            d["continuation"] = [c.to_dict() for c in self.continuation]
+        if self.grad_norm is not None:
+            d["grad_norm"] = self.grad_norm
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Novelty":
+        cont = d.get("continuation")
+        return cls(continuation=tuple(ContinuationGain.from_dict(c) for c in cont) if cont is not None else None,
+                   grad_norm=d.get("grad_norm"))
+
+
+@dataclass(frozen=True)
 class PairResult:
     """Metrics of one (student, teacher) pair at the student's states."""
 
@@ -93,8 +175,8 @@ class PairResult:
     per_prompt: dict[str, dict[str, float | None]]  # prompt id -> metric -> mean (None: no state)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
-    verdict: dict[str, Any] | None = None  # verdict.Verdict.to_dict()
-    novelty: dict[str, Any] = field(default_factory=dict)  # continuation gains, step-0 grad norm
+    verdict: Verdict | None = None  # set by verdict.decide once every pair is scored
+    novelty: Novelty = field(default_factory=Novelty)
     # compare --template: the student's vs the teacher's own chat template at the same states (templates.py)
     templates: dict[str, Any] = field(default_factory=dict)
     # metric -> {"exact_fraction": share of its states computed exactly, "how": the estimate used elsewhere};
@@ -115,8 +197,8 @@ class PairResult:
             "per_prompt": self.per_prompt,
             "timings": self.timings,
             "warnings": list(self.warnings),
-            "verdict": self.verdict,
-            "novelty": self.novelty,
+            "verdict": self.verdict.to_dict() if self.verdict is not None else None,
+            "novelty": self.novelty.to_dict(),
             "templates": self.templates,
             "approximate": self.approximate,
         }
@@ -138,8 +220,8 @@ class PairResult:
             per_prompt=d["per_prompt"],
             timings=d.get("timings", {}),
             warnings=tuple(d.get("warnings", ())),
-            verdict=d.get("verdict"),
-            novelty=d.get("novelty", {}),
+            verdict=Verdict.from_dict(d["verdict"]) if d.get("verdict") else None,
+            novelty=Novelty.from_dict(d.get("novelty") or {}),
             templates=d.get("templates", {}),
             approximate=d.get("approximate", {}),
         )
@@ -163,7 +245,7 @@ class ProbeResults:
     thresholds: dict[str, Any] = field(default_factory=dict)  # the values that decided the verdicts
     distinguishability: dict[str, Any] | None = None  # teacher x teacher overlap and KL at student states
     gate: dict[str, Any] | None = None  # {"fail_on", "passed", "tripped_by"} when a gate was asked for
-    plan: dict[str, Any] | None = None  # cost projection of a planned OPD run (costs.project), with --plan-steps
+    plan: Projection | None = None  # cost projection of a planned OPD run (costs.project), with --plan-steps
     schema_version: int = SCHEMA_VERSION
 
     def pair(self, teacher: str) -> PairResult:
@@ -189,7 +271,7 @@ class ProbeResults:
             "thresholds": self.thresholds,
             "distinguishability": self.distinguishability,
             "gate": self.gate,
-            "plan": self.plan,
+            "plan": self.plan.to_dict() if self.plan is not None else None,
         }
 
     @classmethod
@@ -212,5 +294,5 @@ class ProbeResults:
             thresholds=d.get("thresholds", {}),
             distinguishability=d.get("distinguishability"),
             gate=d.get("gate"),
-            plan=d.get("plan"),
+            plan=Projection.from_dict(d["plan"]) if d.get("plan") else None,
         )

@@ -19,43 +19,27 @@ threshold and direction, so a reader can check it against results.json. Rules (d
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
+from typing import Collection
 
 from .thresholds import Thresholds
+from .types import ContinuationGain, Reason, Verdict
 
 SEVERITY = {"go": 0, "info": 0, "caution": 1, "no-go": 2}
 STATUSES = ("go", "caution", "no-go")
+APPROXIMATE_NOTE = " (value approximate: see the warnings)"
 
 
 @dataclass(frozen=True)
-class Reason:
-    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch
-    severity: str  # no-go | caution | info
-    metric: str
-    value: float | None
-    threshold: float | None
-    direction: str  # "<" (value below threshold trips it), "<=" (at or below), ">" or "!=" (info)
-    message: str
+class Evidence:
+    """What the rules read for one teacher besides its pooled means (see ``decide``)."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    teacher: str
-    status: str
-    reasons: tuple[Reason, ...]
-    recommendations: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {"teacher": self.teacher, "status": self.status, "reasons": [r.to_dict() for r in self.reasons],
-                "recommendations": list(self.recommendations)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Verdict":
-        return cls(teacher=d["teacher"], status=d["status"], reasons=tuple(Reason(**r) for r in d["reasons"]),
-                   recommendations=tuple(d["recommendations"]))
+    strongest_kl: float | None = None
+    depth_overlap: tuple[tuple[int, int, float], ...] = ()
+    continuation: tuple[ContinuationGain, ...] = ()
+    indistinguishable_from: tuple[str, ...] = ()
+    template_differs: bool = False
+    template_choice: dict | None = None
 
 
 def _below(code, sev, metric, value, th, msg) -> Reason | None:
@@ -73,34 +57,47 @@ def decide(
     *,
     strongest_kl: float | None = None,
     depth_overlap: list[tuple[int, int, float]] | None = None,
-    continuation: list[dict] | None = None,
+    continuation: list[ContinuationGain] | None = None,
     indistinguishable_from: list[str] | None = None,
     template_differs: bool = False,
     template_choice: dict | None = None,
+    approximate: Collection[str] = (),
 ) -> Verdict:
     """Verdict for one teacher.
 
     ``pooled``: metric -> pooled mean (keys of metrics.METRICS). ``strongest_kl``: the largest top-k reverse KL
     among candidates without a pattern mismatch (None with a single teacher). ``depth_overlap``: (start, n_states,
-    overlap ratio) per depth bucket. ``continuation``: [{"depth", "gain", "se", "n", ...}] when prompts carry
-    answers and continuation depths were probed. ``indistinguishable_from``: other teachers that look the same
-    from the student's states. ``template_choice``: the measured comparison of the student's and the teacher's
-    own template (templates.compare_renderings: "recommended", "decided_by", "reason"), which replaces the
-    generic template advice.
+    overlap ratio) per depth bucket. ``continuation``: one ContinuationGain per probed depth when prompts carry
+    answers. ``indistinguishable_from``: other teachers that look the same from the student's states.
+    ``template_choice``: the measured comparison of the student's and the teacher's own template
+    (templates.compare_renderings: "recommended", "decided_by", "reason"), which replaces the generic template
+    advice. ``approximate``: metrics whose values are estimates (vLLM scoring); a reason resting on one says so.
     """
+    ev = Evidence(strongest_kl, tuple(depth_overlap or ()), tuple(continuation or ()),
+                  tuple(indistinguishable_from or ()), template_differs, template_choice)
     reasons: list[Reason] = []
     recs: list[str] = []
-    mass, ratio = pooled.get("overlap_mass_student"), pooled.get("overlap_ratio")
-    gap, kl = pooled.get("entropy_gap"), pooled.get("topk_reverse_kl")
+    pattern = _pattern_rules(pooled, th, reasons, recs)
+    novelty_known = _novelty_rules(ev, th, reasons, recs)
+    _signal_rules(teacher, pooled, ev, th, bool(pattern), novelty_known, reasons, recs)
+    _horizon_rule(ev, th, reasons, recs)
+    _template_rules(ev, reasons, recs)
+    reasons = [replace(r, approximate=True, message=r.message + APPROXIMATE_NOTE) if r.metric in approximate else r
+               for r in reasons]
+    status = max((r.severity for r in reasons), key=SEVERITY.__getitem__, default="go")
+    status = "go" if status == "info" else status
+    return Verdict(teacher, status, tuple(reasons), tuple(dict.fromkeys(recs)))
 
-    # -- thinking-pattern compatibility
+
+def _pattern_rules(pooled: dict[str, float], th: Thresholds, reasons: list[Reason], recs: list[str]) -> list[Reason]:
+    """Thinking-pattern compatibility (arXiv 2604.13016 §3.1, §5); returns the pattern reasons it added."""
+    mass, ratio, gap = pooled.get("overlap_mass_student"), pooled.get("overlap_ratio"), pooled.get("entropy_gap")
     # The ratio counts every top-k token alike; when the student's top-k holds nearly all of its probability, the
     # ranks past its few real candidates are tail noise and the ratio measures noise, not thinking patterns
     # (zoo, same-format teacher: ratio 0.50 at top-k coverage 0.998, with overlap mass 0.96). Mass is then the
-    # faithful reading (paper §5.2), so the ratio rules apply only below ratio_max_coverage.
+    # faithful reading (arXiv 2604.13016 §5.2), so the ratio rules apply only below ratio_max_coverage.
     coverage = pooled.get("topk_coverage_student")
-    use_ratio = coverage is None or coverage <= th.ratio_max_coverage
-    ratio_rule = ratio if use_ratio else None
+    ratio_rule = ratio if coverage is None or coverage <= th.ratio_max_coverage else None
     pattern = [
         _below("pattern-mismatch", "no-go", "overlap_mass_student", mass, th.mass_nogo,
                "the shared top-k tokens hold little of the student's probability"),
@@ -123,102 +120,111 @@ def decide(
                     f"re-probe (opd-probe verify STUDENT TEACHER --cold-start {th.cold_start_rollouts})")
         recs.append("or align the prompts with the teacher's post-training template and data, mixed with "
                     "out-of-distribution prompts to keep the student's entropy up (paper §5.2)")
+    return pattern
 
-    # -- knowledge novelty (answers) and signal strength
-    novelty_known = False
-    if continuation:
-        novelty_known = True
-        # Calibrated on the zoo (docs/zoo.md): a depth-0 gain within 2 standard errors carried no information there
-        # (teachers with knowledge +0.035 and +0.016, the no-knowledge teacher +0.055, se ~0.04 on 64 prompts), so
-        # only a clear answer-based difference moves the status; an unresolved one is reported as info.
-        base = next((c for c in continuation if c["depth"] == 0), None)
-        clear_gain = base is not None and base["gain"] > 2 * base["se"]
-        if base is not None and base["gain"] < 0 and base["gain"] < -2 * base["se"]:
-            reasons.append(Reason(
-                "low-novelty", "no-go", "continuation_gain@0", base["gain"], round(-2 * base["se"], 6), "<",
-                f"the teacher is clearly less accurate than the student on these prompts "
-                f"({base['teacher_accuracy']:.2f} vs {base['student_accuracy']:.2f}): nothing to teach, and OPD can "
-                "drag a stronger student back (reverse distillation)"))
-            recs.append("pick another teacher: one that solves these prompts better than the student")
-        elif base is not None and not clear_gain:
-            reasons.append(Reason(
-                "low-novelty", "info", "continuation_gain@0", base["gain"], round(2 * base["se"], 6), "<=",
-                f"answers do not tell whether the teacher knows more than the student ({base['teacher_accuracy']:.2f}"
-                f" vs {base['student_accuracy']:.2f}, within noise)"))
-            recs.append("probe more prompts with answers, or run opd-probe verify, to tell whether the teacher "
-                        "knows more than the student")
-        deeper = [c for c in continuation if c["depth"] > 0]
-        if not clear_gain and deeper and all(c["gain"] <= th.min_continuation_gain for c in deeper):
-            best = max(deeper, key=lambda c: c["gain"])
-            reasons.append(Reason(
-                "low-novelty", "caution", f"continuation_gain@{best['depth']}", best["gain"],
-                th.min_continuation_gain, "<=",
-                "continuing the student's own prefixes, the teacher reaches the answer no more often than the "
-                "student does"))
-            recs.append("expect little gain: the teacher adds no knowledge at the student's states; prefer a "
-                        "teacher trained on other data or with RL beyond the student's recipe")
+
+def _novelty_rules(ev: Evidence, th: Thresholds, reasons: list[Reason], recs: list[str]) -> bool:
+    """Knowledge novelty from answers (arXiv 2604.13016 §3.2-3.3, §6.1); returns whether answers were probed."""
+    if not ev.continuation:
+        return False
+    # Calibrated on the zoo (docs/zoo.md): a depth-0 gain within 2 standard errors carried no information there
+    # (teachers with knowledge +0.035 and +0.016, the no-knowledge teacher +0.055, se ~0.04 on 64 prompts), so
+    # only a clear answer-based difference moves the status; an unresolved one is reported as info.
+    base = next((c for c in ev.continuation if c.depth == 0), None)
+    clear_gain = base is not None and base.gain > 2 * base.se
+    if base is not None and base.gain < 0 and base.gain < -2 * base.se:
+        reasons.append(Reason(
+            "low-novelty", "no-go", "continuation_gain@0", base.gain, round(-2 * base.se, 6), "<",
+            f"the teacher is clearly less accurate than the student on these prompts "
+            f"({base.teacher_accuracy:.2f} vs {base.student_accuracy:.2f}): nothing to teach, and OPD can "
+            "drag a stronger student back (reverse distillation)"))
+        recs.append("pick another teacher: one that solves these prompts better than the student")
+    elif base is not None and not clear_gain:
+        reasons.append(Reason(
+            "low-novelty", "info", "continuation_gain@0", base.gain, round(2 * base.se, 6), "<=",
+            f"answers do not tell whether the teacher knows more than the student ({base.teacher_accuracy:.2f}"
+            f" vs {base.student_accuracy:.2f}, within noise)"))
+        recs.append("probe more prompts with answers, or run opd-probe verify, to tell whether the teacher "
+                    "knows more than the student")
+    deeper = [c for c in ev.continuation if c.depth > 0]
+    if not clear_gain and deeper and all(c.gain <= th.min_continuation_gain for c in deeper):
+        best = max(deeper, key=lambda c: c.gain)
+        reasons.append(Reason(
+            "low-novelty", "caution", f"continuation_gain@{best.depth}", best.gain, th.min_continuation_gain, "<=",
+            "continuing the student's own prefixes, the teacher reaches the answer no more often than the "
+            "student does"))
+        recs.append("expect little gain: the teacher adds no knowledge at the student's states; prefer a "
+                    "teacher trained on other data or with RL beyond the student's recipe")
+    return True
+
+
+def _signal_rules(teacher: str, pooled: dict[str, float], ev: Evidence, th: Thresholds, pattern: bool,
+                  novelty_known: bool, reasons: list[Reason], recs: list[str]) -> None:
+    """Signal strength (arXiv 2604.13016 app. B.2): a tiny step-0 top-k reverse KL, absolute or relative to the
+    strongest compatible candidate; and teachers indistinguishable at the student's states."""
+    kl = pooled.get("topk_reverse_kl")
     if kl is not None:
         weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, th.weak_signal_kl,
                       "the step-0 OPD loss is near zero: the teacher already agrees with the student")
-        if weak is None and strongest_kl and not pattern:
-            rel = th.weak_signal_relative * strongest_kl
-            weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, rel,
+        if weak is None and ev.strongest_kl and not pattern:
+            weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, th.weak_signal_relative * ev.strongest_kl,
                           f"the step-0 OPD loss is under {th.weak_signal_relative:g}x the strongest compatible "
                           "candidate's")
         if weak is not None:
-            if indistinguishable_from:
-                weak = Reason(weak.code, weak.severity, weak.metric, weak.value, weak.threshold, weak.direction,
-                              weak.message + f"; indistinguishable from {', '.join(indistinguishable_from)} at "
-                              "the student's states")
+            if ev.indistinguishable_from:
+                weak = replace(weak, message=weak.message + f"; indistinguishable from "
+                               f"{', '.join(ev.indistinguishable_from)} at the student's states")
             reasons.append(weak)
             if not novelty_known:
                 recs.append("check novelty before training: add reference answers to the prompts and probe with "
                             "--continuation-depths 0,256, or run opd-probe verify")
-    if indistinguishable_from:
-        recs.append(f"{teacher} teaches the same as {', '.join(indistinguishable_from)} from the student's "
+    if ev.indistinguishable_from:
+        recs.append(f"{teacher} teaches the same as {', '.join(ev.indistinguishable_from)} from the student's "
                     "states: prefer the cheapest of them")
 
-    # -- depth
-    if depth_overlap:
-        trusted = [(s, o) for s, n, o in depth_overlap if n >= th.horizon_min_states]
-        if len(trusted) >= 2:
-            first = trusted[0][1]
-            worst_start, worst = min(trusted[1:], key=lambda so: so[1])
-            if first - worst > th.horizon_drop:
-                reasons.append(Reason(
-                    "horizon-decay", "caution", f"overlap_ratio@{worst_start}", round(first - worst, 4),
-                    th.horizon_drop, ">", f"overlap falls from {first:.2f} (first bucket) to {worst:.2f} at "
-                    f"response depth {worst_start}"))
-                recs.append(f"cap the OPD response length near {worst_start} tokens, where the teacher's signal "
-                            "decays (paper §6.1: 3K-7K best, 10K+ collapse late)")
-    if template_differs:
+
+def _horizon_rule(ev: Evidence, th: Thresholds, reasons: list[Reason], recs: list[str]) -> None:
+    """Overlap falling along the response (arXiv 2604.13016 §6.1): recommends a response-length cap."""
+    trusted = [(s, o) for s, n, o in ev.depth_overlap if n >= th.horizon_min_states]
+    if len(trusted) < 2:
+        return
+    first = trusted[0][1]
+    worst_start, worst = min(trusted[1:], key=lambda so: so[1])
+    if first - worst > th.horizon_drop:
+        reasons.append(Reason(
+            "horizon-decay", "caution", f"overlap_ratio@{worst_start}", round(first - worst, 4), th.horizon_drop, ">",
+            f"overlap falls from {first:.2f} (first bucket) to {worst:.2f} at response depth {worst_start}"))
+        recs.append(f"cap the OPD response length near {worst_start} tokens, where the teacher's signal "
+                    "decays (paper §6.1: 3K-7K best, 10K+ collapse late)")
+
+
+def _template_rules(ev: Evidence, reasons: list[Reason], recs: list[str]) -> None:
+    """Chat templates (arXiv 2604.13016 §5.2): informational, with the measured choice when there is one."""
+    choice = ev.template_choice
+    if ev.template_differs:
         reasons.append(Reason("template-mismatch", "info", "chat_template_hash", None, None, "!=",
                               "the teacher's chat template differs from the student's; it scored prompts rendered "
                               "with the student's template, as OPD trainers do"))
-        if template_choice is None:
+        if choice is None:
             recs.append("try OPD prompts rendered with the teacher's own template (paper §5.2: recovery ~80% -> "
                         "~85%); measure it first: opd-probe compare ... --template student,teacher")
-    if template_choice is not None:
-        if template_choice.get("recommended") == "teacher":
-            recs.append(f"have the teacher score prompts rendered with its own chat template: "
-                        f"{template_choice['reason']}")
-        elif template_choice.get("decided_by"):
-            recs.append(f"keep the student's template for the teacher's prompts: {template_choice['reason']}")
-        else:
-            recs.append("the teacher's own template made no measurable difference at the student's states: keep "
-                        "the student's template")
-
-    status = max((r.severity for r in reasons), key=SEVERITY.__getitem__, default="go")
-    status = "go" if status == "info" else status
-    return Verdict(teacher, status, tuple(reasons), tuple(dict.fromkeys(recs)))
+    if choice is None:
+        return
+    if choice.get("recommended") == "teacher":
+        recs.append(f"have the teacher score prompts rendered with its own chat template: {choice['reason']}")
+    elif choice.get("decided_by"):
+        recs.append(f"keep the student's template for the teacher's prompts: {choice['reason']}")
+    else:
+        recs.append("the teacher's own template made no measurable difference at the student's states: keep "
+                    "the student's template")
 
 
-def rank_key(status: str, pooled: dict[str, float], continuation: list[dict] | None) -> tuple:
+def rank_key(status: str, pooled: dict[str, float], continuation: Collection[ContinuationGain] | None) -> tuple:
     """Ranking (documented in docs/metrics.md): status first (go, caution, no-go); then evidence of novelty
     (the best continuation gain, when answers were probed); then compatibility (student overlap mass, then ratio)."""
     def nz(x):
         return -1e9 if x is None or x != x else x
 
-    gain = max((c["gain"] for c in continuation), default=None) if continuation else None
+    gain = max((c.gain for c in continuation), default=None) if continuation else None
     return (SEVERITY[status], -nz(gain) if gain is not None else 0.0, -nz(pooled.get("overlap_mass_student")),
             -nz(pooled.get("overlap_ratio")))

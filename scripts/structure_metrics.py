@@ -16,7 +16,7 @@ FLOORS = ["core", "backends", "run", "report", "lab", "cli"]
 PREFIXES = [
     ("backends", "backends"), ("run", "run"), ("pipeline", "run"), ("select_prompts", "run"), ("verify", "run"),
     ("report", "report"), ("lab", "lab"), ("zoo.build", "lab"), ("zoo.train", "lab"), ("zoo.task", "lab"),
-    ("zoo.ground_truth", "lab"), ("demo", "lab"), ("smollm2", "lab"), ("cli", "cli"), ("__main__", "cli"),
+    ("zoo.ground_truth", "lab"), ("demo", "lab"), ("smollm2", "lab"), ("cli_options", "cli"), ("cli", "cli"), ("__main__", "cli"),
 ]
 
 

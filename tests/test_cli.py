@@ -451,8 +451,91 @@ def test_ctrl_c_is_exit_2_and_mentions_resume(student, tmp_path, monkeypatch):
     assert "--resume" in run.err and "Traceback" not in run.err
 
 
-# ------------------------------------------------------------------------------------------------ 8. help, version
-@pytest.mark.parametrize("args", [["--help"], ["compare", "--help"], ["report", "--help"]])
+# ------------------------------------------------------------------------------------------------ 8. defaults, config files
+@pytest.fixture
+def captured(monkeypatch, tmp_path):
+    """Run compare / select-prompts up to their config: the orchestrator is replaced by one that records it.
+    The working directory has no pyproject.toml, so only --config files are read."""
+    import opd_probe.cli
+    import opd_probe.run.select
+
+    seen = {}
+
+    def run_and_print(cfg, **kwargs):
+        seen.update(cfg=cfg, **kwargs)
+        return 0
+
+    def run_select(cfg, progress):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(opd_probe.cli, "_run_and_print", run_and_print)
+    monkeypatch.setattr(opd_probe.run.select, "run_select", run_select)
+    monkeypatch.chdir(tmp_path)
+    return seen
+
+
+def test_compare_defaults_are_probe_config_defaults(captured):
+    from opd_probe.config import ProbeConfig
+    from opd_probe.thresholds import Thresholds
+
+    run = cli("compare", "S", "T", "--out", "o")
+    assert run.code == 0, run.err
+    assert captured["cfg"] == ProbeConfig(student="S", teachers=("T",), out="o")
+    assert captured["thresholds"] == Thresholds() and captured["fail_on"] == ()
+
+
+def test_select_prompts_defaults_are_select_config_defaults(captured):
+    from opd_probe.run.select import SelectConfig
+
+    run = cli("select-prompts", "S", "T", "--pool", "p.jsonl", "--keep", "3", "--out", "k.jsonl", "--json", "-q")
+    assert run.code == 0, run.err
+    assert captured["cfg"] == SelectConfig(student="S", teacher="T", pool="p.jsonl", out="k.jsonl", keep=3)
+
+
+def test_config_file_values_are_used_and_typed_flags_win(captured, tmp_path):
+    cfg = tmp_path / "opd.toml"
+    cfg.write_text('[tool.opd-probe]\nsamples = 1\nlimit = 2\ntop_k = 8\ncontinuation_depths = [0, 64]\n'
+                   'template = ["student", "teacher"]\nchat_template = false\nfail_on = ["no-go", "caution"]\n'
+                   '[tool.opd-probe.thresholds]\nmass_nogo = 0.7\n')
+    # --top-k 16 is the default value, typed: a flag on the command line beats the file even then
+    run = cli("compare", "S", "T", "--out", "o", "--config", cfg, "--samples", "3", "--top-k", "16", "--gate")
+    assert run.code == 0, run.err
+    got = captured["cfg"]
+    assert (got.samples, got.top_k) == (3, 16)  # flags over the file
+    assert got.limit == 2 and got.continuation_depths == (0, 64) and got.template == ("student", "teacher")
+    assert got.chat_template is False  # the file sets the field; the flag is --no-chat-template
+    assert captured["thresholds"].mass_nogo == 0.7
+    assert captured["fail_on"] == ("no-go", "caution")  # the file's gate statuses, used with --gate
+
+
+def test_a_standalone_config_file_and_pyproject(captured, tmp_path):
+    (tmp_path / "opd.toml").write_text("max_new_tokens = 7\n")  # a standalone file: keys at top level
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.opd-probe]\nmax_new_tokens = 9\n')
+    assert cli("compare", "S", "T", "--out", "o", "--config", tmp_path / "opd.toml").code == 0
+    assert captured["cfg"].max_new_tokens == 7  # --config replaces ./pyproject.toml, it is not merged with it
+    assert cli("compare", "S", "T", "--out", "o").code == 0
+    assert captured["cfg"].max_new_tokens == 9
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("[tool.opd-probe]\nsampels = 1\n", ["opd.toml: unknown opd-probe config key(s): sampels", "fix: allowed keys:",
+                                          "samples"]),
+    ("[tool.opd-probe]\nout = 'x'\n", ["opd.toml: unknown opd-probe config key(s): out"]),
+    ("[tool.opd-probe]\nfail_on = 3\n", ["opd.toml: fail_on must be a status", "fix: e.g. fail_on"]),
+    ('[tool.opd-probe]\nfail_on = ["maybe"]\n', ["unknown status maybe", "no-go and/or caution"]),
+    ("[tool.opd-probe]\nsamples = 0\n", ["--samples must be at least 1"]),  # checked by ProbeConfig, as a flag is
+])
+def test_bad_config_file_values_exit_2_with_the_fix(captured, tmp_path, text, needles):
+    cfg = tmp_path / "opd.toml"
+    cfg.write_text(text)
+    assert_error(cli("compare", "S", "T", "--out", "o", "--config", cfg), *needles)
+    assert "cfg" not in captured
+
+
+# ------------------------------------------------------------------------------------------------ 9. help, version
+@pytest.mark.parametrize("args", [["--help"], ["compare", "--help"], ["select-prompts", "--help"], ["report", "--help"],
+                                  ["demo", "--help"], ["verify", "--help"]])
 def test_help_exits_0(args):
     run = cli(*args)
     assert run.code == 0, run.err

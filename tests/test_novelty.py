@@ -125,16 +125,16 @@ def test_twin_teachers_are_indistinguishable_and_the_other_is_not(probe, models)
     # and the verdicts say so
     for name, peer in ((student, twin), (twin, student)):
         v = probe.pair(name).verdict
-        assert any(peer in r for r in v["recommendations"])
-        assert any(peer in r["message"] for r in v["reasons"] if r["code"] == "weak-signal")
-    assert not any("teaches the same" in r for r in probe.pair(other).verdict["recommendations"])
+        assert any(peer in r for r in v.recommendations)
+        assert any(peer in r.message for r in v.reasons if r.code == "weak-signal")
+    assert not any("teaches the same" in r for r in probe.pair(other).verdict.recommendations)
 
 
 def test_grad_norm(probe, models):
     student, twin, other = (str(m) for m in models)
-    g_self = probe.pair(student).novelty["grad_norm"]
-    g_twin = probe.pair(twin).novelty["grad_norm"]
-    g_other = probe.pair(other).novelty["grad_norm"]
+    g_self = probe.pair(student).novelty.grad_norm
+    g_twin = probe.pair(twin).novelty.grad_norm
+    g_other = probe.pair(other).novelty.grad_norm
     assert math.isfinite(g_other) and g_other > 0
     assert 0 <= g_self < 1e-5 and 0 <= g_twin < 1e-5
     assert g_other > 1e3 * max(g_self, g_twin, 1e-12)
@@ -143,15 +143,14 @@ def test_grad_norm(probe, models):
 
 def test_continuation_gain_entries(probe):
     for p in probe.pairs:
-        entries = p.novelty["continuation"]
-        assert [c["depth"] for c in entries] == [0, 2]
+        entries = p.novelty.continuation
+        assert [c.depth for c in entries] == [0, 2]
         for c in entries:
-            assert set(c) >= {"depth", "n", "teacher_accuracy", "student_accuracy", "gain", "se"}
-            assert 1 <= c["n"] <= 3 * 2
-            assert 0 <= c["teacher_accuracy"] <= 1 and 0 <= c["student_accuracy"] <= 1
-            assert -1 <= c["gain"] <= 1
-            assert c["gain"] == pytest.approx(c["teacher_accuracy"] - c["student_accuracy"])
-            assert c["se"] >= 0
+            assert 1 <= c.n <= 3 * 2
+            assert 0 <= c.teacher_accuracy <= 1 and 0 <= c.student_accuracy <= 1
+            assert -1 <= c.gain <= 1
+            assert c.gain == pytest.approx(c.teacher_accuracy - c.student_accuracy)
+            assert c.se >= 0
         assert "continuation_seconds" in p.timings
     assert probe.rollouts["with_answers"] == 3 * 2
 

@@ -14,7 +14,9 @@ from dataclasses import fields, replace
 import pytest
 
 from opd_probe.errors import InputError
-from opd_probe.thresholds import PROVENANCE, Thresholds, load_thresholds, read_config_file
+from opd_probe.config import read_config_file
+from opd_probe.thresholds import PROVENANCE, Thresholds, load_thresholds
+from opd_probe.types import ContinuationGain
 from opd_probe.verdict import SEVERITY, STATUSES, Reason, Verdict, decide, rank_key
 
 TH = Thresholds()
@@ -55,10 +57,9 @@ def codes(v: Verdict) -> list[tuple[str, str, str]]:
     return [(r.code, r.severity, r.metric) for r in v.reasons]
 
 
-def cont(depth, gain, se=0.01, n=100, teacher_accuracy=None, student_accuracy=0.4) -> dict:
+def cont(depth, gain, se=0.01, n=100, teacher_accuracy=None, student_accuracy=0.4) -> ContinuationGain:
     t = student_accuracy + gain if teacher_accuracy is None else teacher_accuracy
-    return {"depth": depth, "n": n, "teacher_accuracy": t, "student_accuracy": student_accuracy, "gain": gain,
-            "se": se}
+    return ContinuationGain(depth=depth, n=n, teacher_accuracy=t, student_accuracy=student_accuracy, gain=gain, se=se)
 
 
 # ------------------------------------------------------------------------------------------------ go
@@ -400,3 +401,25 @@ def test_ratio_rules_give_way_to_mass_when_the_topk_is_mostly_tail(coverage, fir
     v = run(pooled)
     assert any(r.metric == "overlap_ratio" for r in v.reasons) is fires
     assert (v.status == "no-go") is fires
+
+
+def test_a_reason_resting_on_an_estimate_says_so_and_round_trips():
+    v = run({"entropy_gap": TH.entropy_gap_caution + 0.1, "overlap_mass_student": TH.mass_caution - 0.01},
+            approximate={"entropy_gap"})
+    by = {r.metric: r for r in v.reasons}
+    assert by["entropy_gap"].approximate and by["entropy_gap"].message.endswith("(value approximate: see the warnings)")
+    assert not by["overlap_mass_student"].approximate and "approximate" not in by["overlap_mass_student"].message
+    d = json.loads(json.dumps(v.to_dict()))
+    assert [r.get("approximate", False) for r in d["reasons"]] == [r.approximate for r in v.reasons]
+    assert Verdict.from_dict(d) == v
+
+
+def test_novelty_round_trips_and_omits_what_was_not_probed():
+    from opd_probe.types import Novelty
+
+    assert Novelty().to_dict() == {}
+    n = Novelty(continuation=(cont(0, 0.1), cont(256, -0.05)), grad_norm=0.25)
+    d = json.loads(json.dumps(n.to_dict()))
+    assert d["continuation"][1] == {"depth": 256, "n": 100, "teacher_accuracy": pytest.approx(0.35),
+                                    "student_accuracy": 0.4, "gain": -0.05, "se": 0.01}
+    assert Novelty.from_dict(d) == n and Novelty.from_dict({"grad_norm": 1.0}) == Novelty(grad_norm=1.0)

@@ -7,14 +7,18 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ..config import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_GPU_MEMORY_UTILIZATION,
+                      DEFAULT_MAX_NEW_TOKENS, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_SAMPLES, DEFAULT_SEED,
+                      DEFAULT_TEMPERATURE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_P, DEFAULT_VLLM_LOGPROBS)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What to load: a local path or hub id, and how."""
 
     path: str
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    dtype: str = "auto"  # "auto" | "float32" | "bfloat16" | "float16"
+    device: str = DEFAULT_DEVICE  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = DEFAULT_DTYPE  # "auto" | "float32" | "bfloat16" | "float16"
     trust_remote_code: bool = False
     revision: str | None = None
     device_map: str | None = None  # transformers: accelerate placement ("auto": split over GPUs) instead of device
@@ -22,21 +26,24 @@ class ModelSpec:
     # check and fit it then, not after a minutes-long engine start.
     top_k: int | None = None
     # vLLM engine settings (ignored by the transformers backend)
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = DEFAULT_TENSOR_PARALLEL_SIZE
+    pipeline_parallel_size: int = DEFAULT_PIPELINE_PARALLEL_SIZE
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     max_model_len: int | None = None
-    vllm_logprobs: int = 64  # K': top log-probs returned per position (>= top_k)
+    vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS  # K': top log-probs returned per position (>= top_k)
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    samples: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    batch_size: int = 8  # sequences per generate call (prompts x samples are split to fit)
+    """How to sample; the defaults are the probe's (config.py). The backends read samples, temperature, top_p and
+    max_new_tokens; batch_size and seed describe the caller's batching and seed rule (generate takes its seed)."""
+
+    samples: int = DEFAULT_SAMPLES
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    seed: int = DEFAULT_SEED
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences per generate call (prompts x samples are split to fit)
 
 
 @dataclass(frozen=True)

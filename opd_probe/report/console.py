@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..costs import Cost, Projection, Range
 from ..types import ProbeResults
 
 # (metric, column header, decimals)
@@ -74,7 +75,7 @@ def ranking_table(results: ProbeResults) -> Table:
             e = pair.pooled[metric]
             mark = "≈" if metric in pair.approximate else ""
             cells.append(f"{mark}{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
-        status = (pair.verdict or {}).get("status", "–")
+        status = pair.verdict.status
         table.add_row(str(rank), names[name], STATUS_STYLE.get(status, status), *cells)
     return table
 
@@ -87,26 +88,24 @@ def verdict_lines(results: ProbeResults) -> list[str]:
     lines = []
     for name in results.ranking:
         v = by[name].verdict
-        if not v:
-            continue
         e = by[name].pooled
-        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v['status']]}  overlap {_fmt(e['overlap_ratio'].mean, 2)} "
+        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v.status]}  overlap {_fmt(e['overlap_ratio'].mean, 2)} "
                 f"[{_fmt(e['overlap_ratio'].ci_low, 2)}, {_fmt(e['overlap_ratio'].ci_high, 2)}]  mass "
                 f"{_fmt(e['overlap_mass_student'].mean, 2)}  signal {_fmt(e['topk_reverse_kl'].mean, 3)} nats/token")
-        cont = by[name].novelty.get("continuation")
-        if cont:
-            head += "  gain " + ", ".join(f"{c['gain']:+.2f}@{c['depth']}" for c in cont)
-        if "grad_norm" in by[name].novelty:
-            head += f"  grad-norm {by[name].novelty['grad_norm']:.3g}"
+        novelty = by[name].novelty
+        if novelty.continuation:
+            head += "  gain " + ", ".join(f"{c.gain:+.2f}@{c.depth}" for c in novelty.continuation)
+        if novelty.grad_norm is not None:
+            head += f"  grad-norm {novelty.grad_norm:.3g}"
         lines.append(head)
         pad = " " * (width + 2)
-        for r in v["reasons"]:
-            if r["value"] is None:
-                lines.append(f"{pad}[dim]{r['code']}:[/dim] {escape(r['message'])}")
+        for r in v.reasons:
+            if r.value is None:
+                lines.append(f"{pad}[dim]{r.code}:[/dim] {escape(r.message)}")
             else:
-                lines.append(f"{pad}{r['code']}: {r['metric']} {_fmt(r['value'], 3)} {r['direction']} "
-                             f"{_fmt(r['threshold'], 3)}  [dim]{escape(r['message'])}[/dim]")
-        for rec in v["recommendations"]:
+                lines.append(f"{pad}{r.code}: {r.metric} {_fmt(r.value, 3)} {r.direction} "
+                             f"{_fmt(r.threshold, 3)}  [dim]{escape(r.message)}[/dim]")
+        for rec in v.recommendations:
             lines.append(f"{pad}-> {escape(rec)}")
     return lines
 
@@ -198,29 +197,27 @@ def tokens(n) -> str:
     return f"{n:.0f}"
 
 
-def plan_rows(plan: dict) -> list[tuple[str, str, str, str]]:
+def plan_rows(plan: Projection) -> list[tuple[str, str, str, str]]:
     """(what, tokens low–high, measured rate, time low–high) rows of a cost projection."""
-    names = short_names(list(plan["teachers"]))
-    s = plan["sampling"]
-    rows = [("student sampling (response tokens)",
-             f"{tokens(plan['response_tokens']['low'])} – {tokens(plan['response_tokens']['high'])}",
-             f"{s['tokens_per_second']:.1f} tokens/s" if s["tokens_per_second"] else "not measured",
-             f"{duration(s['seconds']['low'])} – {duration(s['seconds']['high'])}")]
-    for name, t in plan["teachers"].items():
-        rows.append((f"teacher {names[name]} scoring (prompt + response)",
-                     f"{tokens(plan['scored_tokens']['low'])} – {tokens(plan['scored_tokens']['high'])}",
-                     f"{t['tokens_per_second']:.1f} tokens/s" if t["tokens_per_second"] else "not measured",
-                     f"{duration(t['seconds']['low'])} – {duration(t['seconds']['high'])}"))
-    return rows
+    names = short_names(list(plan.teachers))
+
+    def row(what: str, n: Range, c: Cost) -> tuple[str, str, str, str]:
+        return (what, f"{tokens(n.low)} – {tokens(n.high)}",
+                f"{c.tokens_per_second:.1f} tokens/s" if c.tokens_per_second else "not measured",
+                f"{duration(c.seconds.low)} – {duration(c.seconds.high)}")
+
+    return [row("student sampling (response tokens)", plan.response_tokens, plan.sampling)] + [
+        row(f"teacher {names[name]} scoring (prompt + response)", plan.scored_tokens, c)
+        for name, c in plan.teachers.items()]
 
 
-def plan_title(plan: dict) -> str:
-    p = plan["plan"]
-    return (f"cost of the planned OPD run: {p['steps']} steps x {p['batch']} sequences, responses up to "
-            f"{p['max_tokens']} tokens, on {plan['device']} ({plan['backend']})")
+def plan_title(plan: Projection) -> str:
+    p = plan.plan
+    return (f"cost of the planned OPD run: {p.steps} steps x {p.batch} sequences, responses up to "
+            f"{p.max_tokens} tokens, on {plan.device} ({plan.backend})")
 
 
-def plan_table(plan: dict) -> Table:
+def plan_table(plan: Projection) -> Table:
     table = Table(title=plan_title(plan), header_style="bold",
                   caption="low: the probe's mean response length; high: every response at the planned cap")
     for h, j in (("", "left"), ("tokens (low – high)", "right"), ("measured here", "right"),
@@ -231,10 +228,10 @@ def plan_table(plan: dict) -> Table:
     return table
 
 
-def print_plan(plan: dict, stdout: Console) -> None:
+def print_plan(plan: Projection, stdout: Console) -> None:
     stdout.print(plan_table(plan))
     stdout.print("assumptions:", highlight=False)
-    for a in plan["assumptions"]:
+    for a in plan.assumptions:
         stdout.print(f"  - {escape(a)}", highlight=False)
 
 

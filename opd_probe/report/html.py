@@ -405,13 +405,13 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
                           "ci": f"{fmt(e.ci_low, d - 1)}–{fmt(e.ci_high, d - 1)}" if e else "",
                           "approx": (f"exact at {approx['exact_fraction']:.0%} of states; {approx['how']}"
                                      if approx else None)})
-        cont = p.novelty.get("continuation") or []
+        cont = p.novelty.continuation or ()
         v = views.get(name, {})
         rows.append({
-            "rank": rank, "name": names[name], "full": name, "status": (p.verdict or {}).get("status", "–"),
+            "rank": rank, "name": names[name], "full": name, "status": p.verdict.status,
             "cells": cells, "card": f"{key}-card-{r.pairs.index(p)}",
-            "gain": ", ".join(f"{c['gain']:+.2f}@{c['depth']}" for c in cont if _num(c.get("gain")) is not None) or "–",
-            "grad_norm": fmt_g(p.novelty.get("grad_norm")),
+            "gain": ", ".join(f"{c.gain:+.2f}@{c.depth}" for c in cont if _num(c.gain) is not None) or "–",
+            "grad_norm": fmt_g(p.novelty.grad_norm),
             "worst": [{"href": ro["id"], "label": f"#{ro['rollout_id']}", "kl": fmt(ro["mean_kl"], 2)}
                       for ro in v.get("rollouts", [])],
         })
@@ -420,22 +420,21 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
     cards = []
     for name in r.ranking:
         p = by[name]
-        v = p.verdict or {}
+        v = p.verdict
         e = p.pooled
         cards.append({
             "id": f"{key}-card-{r.pairs.index(p)}", "name": names[name], "full": name, "slug": p.slug,
-            "status": v.get("status", "–"),
+            "status": v.status,
             "summary": [("overlap ratio", f"{fmt(e['overlap_ratio'].mean, 2)} [{fmt(e['overlap_ratio'].ci_low, 2)}, "
                                           f"{fmt(e['overlap_ratio'].ci_high, 2)}]"),
                         ("mass (student)", fmt(e["overlap_mass_student"].mean, 3)),
                         ("entropy gap", ("≈" if "entropy_gap" in p.approximate else "") + fmt(e["entropy_gap"].mean, 3)),
                         ("top-k KL", ("≈" if "topk_reverse_kl" in p.approximate else "")
                          + f"{fmt(e['topk_reverse_kl'].mean, 3)} nats/token")],
-            "reasons": [{"code": x.get("code"), "severity": x.get("severity"), "metric": x.get("metric"),
-                         "value": fmt(x.get("value")), "threshold": fmt(x.get("threshold")),
-                         "direction": x.get("direction"), "message": x.get("message"),
-                         "numeric": x.get("value") is not None} for x in v.get("reasons", [])],
-            "recommendations": list(v.get("recommendations", [])),
+            "reasons": [{"code": x.code, "severity": x.severity, "metric": x.metric, "value": fmt(x.value),
+                         "threshold": fmt(x.threshold), "direction": x.direction, "message": x.message,
+                         "numeric": x.value is not None} for x in v.reasons],
+            "recommendations": list(v.recommendations),
             "warnings": list(p.warnings),
             "model": {key_: p.model.get(key_) for key_ in ("architecture", "num_parameters", "dtype", "device")
                       if p.model.get(key_) is not None},
@@ -519,7 +518,7 @@ def _compare_section(run: Run, idx: int, max_rollouts: int) -> dict:
                                     "headers": [label for _, label, _ in TEMPLATE_METRICS]})
     plan = None
     if r.plan:
-        plan = {"title": plan_title(r.plan), "rows": plan_rows(r.plan), "assumptions": r.plan["assumptions"]}
+        plan = {"title": plan_title(r.plan), "rows": plan_rows(r.plan), "assumptions": list(r.plan.assumptions)}
 
     env = r.environment
     ro = r.rollouts

@@ -38,21 +38,21 @@ def summary_markdown(results: ProbeResults) -> str:
     by = {p.teacher: p for p in results.pairs}
     for rank, name in enumerate(results.ranking, 1):
         p = by[name]
-        v = p.verdict or {"status": "go", "reasons": [], "recommendations": []}
+        v = p.verdict
         e = p.pooled
 
         def cell(metric: str) -> str:
             return ("≈" if metric in p.approximate else "") + _f(e[metric].mean)
 
         reasons = "; ".join(
-            f"{r['code']}: {r['metric']} {_f(r['value'])} {r['direction']} {_f(r['threshold'])}"
-            if r["value"] is not None else r["code"] for r in v["reasons"]) or "–"
+            f"{r.code}: {r.metric} {_f(r.value)} {r.direction} {_f(r.threshold)}"
+            if r.value is not None else r.code for r in v.reasons) or "–"
         lines.append(
-            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v['status']]} | {_f(e['overlap_ratio'].mean)} "
+            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v.status]} | {_f(e['overlap_ratio'].mean)} "
             f"[{_f(e['overlap_ratio'].ci_low, 2)}, {_f(e['overlap_ratio'].ci_high, 2)}] | "
             f"{cell('overlap_mass_student')} | {cell('entropy_gap')} | {cell('topk_reverse_kl')} | "
             f"{_md(reasons)} |")
-    recs = [(names[n], r) for n in results.ranking for r in (by[n].verdict or {}).get("recommendations", [])]
+    recs = [(names[n], r) for n in results.ranking for r in by[n].verdict.recommendations]
     if recs:
         lines += ["", "### Recommendations", ""]
         lines += [f"- `{_md(n)}`: {_md(r)}" for n, r in recs]
@@ -107,13 +107,13 @@ def template_markdown(results: ProbeResults) -> list[str]:
     return out
 
 
-def plan_markdown(plan: dict) -> list[str]:
+def plan_markdown(plan) -> list[str]:
     from .console import plan_rows, plan_title
 
     out = ["", "### Cost of the planned OPD run", "", _md(plan_title(plan)) + ".", "",
            "| | tokens (low – high) | measured here | time (low – high) |", "|---|---|---|---|"]
     out += [f"| {' | '.join(_md(c) for c in row)} |" for row in plan_rows(plan)]
-    out += ["", "Assumptions:", ""] + [f"- {_md(a)}" for a in plan["assumptions"]]
+    out += ["", "Assumptions:", ""] + [f"- {_md(a)}" for a in plan.assumptions]
     return out
 
 

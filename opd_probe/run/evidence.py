@@ -17,15 +17,16 @@ import numpy as np
 from ..answers import is_correct
 from ..backends.base import SamplingSettings
 from ..novelty import se_paired_diff
+from ..types import ContinuationGain
 
 
 def continuation_gain(teacher, rollouts, correct: np.ndarray, answers: dict[int, str], depths: Sequence[int],
-                      max_new_tokens: int, seed: int, batch_size: int = 16) -> list[dict]:
+                      max_new_tokens: int, seed: int, batch_size: int = 16) -> list[ContinuationGain]:
     """Teacher accuracy when it continues the student's rollouts cut at each depth, vs the student's own.
 
     At depth d only rollouts longer than d take part (the student's continuation from the same prefix is the
     rest of its own rollout, so no student generation is needed). Sampling at temperature 1, like the rollouts;
-    the teacher gets the student's remaining token budget. Returns one dict per depth with enough samples.
+    the teacher gets the student's remaining token budget. Returns one ContinuationGain per depth with enough samples.
     """
     out = []
     for d in depths:
@@ -43,8 +44,9 @@ def continuation_gain(teacher, rollouts, correct: np.ndarray, answers: dict[int,
                 text = teacher.decode(list(rollouts[i].response_token_ids[:d]) + list(g[0].response_ids))
                 teacher_ok.append(float(is_correct(text, answers[rollouts[i].prompt_index])))
         t, s = np.array(teacher_ok), correct[pick]
-        out.append({"depth": int(d), "n": len(pick), "teacher_accuracy": float(t.mean()),
-                    "student_accuracy": float(s.mean()), "gain": float(t.mean() - s.mean()), "se": se_paired_diff(t, s)})
+        out.append(ContinuationGain(depth=int(d), n=len(pick), teacher_accuracy=float(t.mean()),
+                                    student_accuracy=float(s.mean()), gain=float(t.mean() - s.mean()),
+                                    se=se_paired_diff(t, s)))
     return out
 
 

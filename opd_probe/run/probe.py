@@ -26,7 +26,7 @@ from ..errors import InputError, ModelLoadError
 from ..prompts import load_prompts, template_hash
 from ..rundir import OutDir
 from ..thresholds import Thresholds
-from ..types import PairResult, ProbePrompt, ProbeResults, Rollout
+from ..types import Novelty, PairResult, ProbePrompt, ProbeResults, Rollout
 from ..verdict import decide, rank_key
 from ..vocab import check_vocab
 from . import evidence
@@ -301,12 +301,12 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         t_scores, t_timing = by_template[primary]
         if primary != "student":
             t_timing = {**t_timing, "template": primary}
-        pair_novelty: dict = {}
+        pair_novelty = Novelty()
         if cfg.continuation_depths:
             progress.log(f"continuation gain of {name} at depths {list(cfg.continuation_depths)}")
             t0 = time.perf_counter()
-            pair_novelty["continuation"] = evidence.continuation_gain(
-                teacher, rollouts, correct, answers, cfg.continuation_depths, cfg.max_new_tokens, seed=cfg.seed)
+            pair_novelty = Novelty(continuation=tuple(evidence.continuation_gain(
+                teacher, rollouts, correct, answers, cfg.continuation_depths, cfg.max_new_tokens, seed=cfg.seed)))
             t_timing["continuation_seconds"] = time.perf_counter() - t0
         teacher_arrays[name] = (t_scores.topk_ids_LK, t_scores.query_logprobs_LQ)
         # the "scored under the student's template" note only holds when that is the rendering the verdict uses
@@ -370,7 +370,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
             f"student's top-k ids ({', '.join(inexact)}; see pairs[].approximate.topk_reverse_kl): approximate")
     pairs = _with_verdicts(pairs, thresholds, dist, template_differs)
     ranking = tuple(p.teacher for p in sorted(pairs, key=lambda p: rank_key(
-        p.verdict["status"], _means(p), p.novelty.get("continuation"))))
+        p.verdict.status, _means(p), p.novelty.continuation)))
     finish = [r.finish_reason for r in rollouts]
     rollout_meta = {
         "count": len(rollouts),
@@ -420,7 +420,7 @@ def gate_outcome(pairs: Sequence[PairResult], fail_on: Sequence[str]) -> dict | 
     """Every gated pair must pass: the gate trips when any teacher's status is in ``fail_on``."""
     if not fail_on:
         return None
-    tripped = [p.teacher for p in pairs if p.verdict["status"] in fail_on]
+    tripped = [p.teacher for p in pairs if p.verdict.status in fail_on]
     return {"fail_on": list(fail_on), "passed": not tripped, "tripped_by": tripped}
 
 
@@ -440,13 +440,9 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
     for p in pairs:
         depth = [(b["start"], b["n_states"], b["metrics"]["overlap_ratio"].mean) for b in p.depth]
         v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
-                   continuation=p.novelty.get("continuation"), indistinguishable_from=same.get(p.teacher),
+                   continuation=p.novelty.continuation, indistinguishable_from=same.get(p.teacher),
                    template_differs=template_differs.get(p.teacher, False),
-                   template_choice=p.templates if "recommended" in p.templates else None).to_dict()
-        for r in v["reasons"]:  # a reason resting on an estimate says so where it is read
-            if r.get("metric") in p.approximate:
-                r["approximate"] = True
-                r["message"] += " (value approximate: see the warnings)"
+                   template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate)
         out.append(replace(p, verdict=v))
     return out
 
@@ -466,7 +462,7 @@ def _with_grad_norms(cfg: ProbeConfig, pairs: list[PairResult], rollouts: list[R
         approx = dict(p.approximate)
         if "topk_reverse_kl" in approx:  # the loss it differentiates uses the same teacher log-probs
             approx["grad_norm"] = {**approx["topk_reverse_kl"], "exact_fraction": None}
-        out.append(replace(p, novelty={**p.novelty, "grad_norm": norm}, approximate=approx,
+        out.append(replace(p, novelty=replace(p.novelty, grad_norm=norm), approximate=approx,
                            timings={**p.timings, "grad_norm_seconds": time.perf_counter() - t0}))
         progress.advance(1)
     free_model(student)
