@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from . import templates
+from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS,
+                     DEFAULT_TEMPLATE, DEFAULT_TOP_K, DEFAULT_VLLM_LOGPROBS)
 from .vocab import SAME_TOKENIZER_FIX, vocab_diff
 
 LEVELS = ("ok", "info", "warn", "error")  # info: a fact worth showing (no action needed)
@@ -52,16 +54,16 @@ class Finding:
 class Plan:
     """The run the checks are for (the flags of compare / verify / select-prompts / check)."""
 
-    max_new_tokens: int = 256
-    top_k: int = 16
-    backend: str = "hf"  # the scoring backend
-    vllm_logprobs: int = 64
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    top_k: int = DEFAULT_TOP_K
+    backend: str = DEFAULT_BACKEND  # the scoring backend
+    vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS
     chat_template: bool = True
-    template: tuple[str, ...] = ("student",)  # renderings the teachers score under
-    dtype: str = "auto"
-    device: str = "auto"
+    template: tuple[str, ...] = (DEFAULT_TEMPLATE,)  # renderings the teachers score under
+    dtype: str = DEFAULT_DTYPE
+    device: str = DEFAULT_DEVICE
     device_map: str | None = None
-    batch_size: int = 16  # sequences sampled at once: the KV cache holds this many
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences sampled at once: the KV cache holds this many
     trust_remote_code: bool = False
     prompts_given: bool = False  # False: the renderings are of a built-in example prompt; no context check
     example_user_text: str = ""  # the example prompt's last user message (to tell template text from the prompt)

@@ -484,27 +484,22 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
 
 @app.command()
 def check(
-    student: str = typer.Argument(..., help="Student model: a local folder, zoo:NAME or a hub id."),
-    teachers: List[str] = typer.Argument(..., help="One or more candidate teachers."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p",
-                                           help="Probe prompts (.jsonl/.csv/.parquet): their renderings and lengths "
-                                                "are checked (default: one example prompt, no context check)."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest planned response, in tokens."),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the top-k sets (paper default 16)."),
-    backend: str = typer.Option("hf", "--backend", help="hf or vllm: the scoring backend the run will use."),
-    vllm_logprobs: int = typer.Option(DEFAULT_VLLM_LOGPROBS, "--vllm-logprobs",
-                                      help="vLLM: top log-probs per position (K') the run will ask for."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Sequences sampled at once (sizes the KV cache)."),
-    no_chat_template: bool = typer.Option(False, "--no-chat-template", help="Prompts as plain text."),
-    template: str = typer.Option("student", "--template",
-                                 help="Renderings the teachers score under: student, teacher or student,teacher."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="transformers: 'auto' spreads a model "
-                                                                        "over the GPUs (memory is then no limit)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model repos to run code."),
-    json_out: bool = typer.Option(False, "--json", help="One finding per line as JSON (JSON Lines) on stdout."),
+    student: opt.Student,
+    teachers: opt.Teachers,
+    prompts: opt.CheckPrompts = None,
+    limit: opt.Limit = None,
+    max_new_tokens: opt.MaxNewTokens = DEFAULT_MAX_NEW_TOKENS,
+    top_k: opt.TopK = DEFAULT_TOP_K,
+    backend: opt.CheckBackend = DEFAULT_BACKEND,
+    vllm_logprobs: opt.VllmLogprobs = DEFAULT_VLLM_LOGPROBS,
+    batch_size: opt.CheckBatchSize = DEFAULT_BATCH_SIZE,
+    no_chat_template: opt.NoChatTemplate = False,
+    template: opt.Template = DEFAULT_TEMPLATE,
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    device_map: opt.DeviceMap = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    json_out: opt.CheckJson = False,
 ):
     """Preflight in seconds, without loading a weight: token -> id maps, stop tokens, chat-template renderings,
     context, top-k, remote code, dtype and memory per model (docs/check.md). Exit 0: all ok; 1: warnings;
