@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from clirun import cli
+from clirun import assert_error, cli
 from model_variants import variant
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -19,17 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PROMPTS = REPO / "sample_prompts" / "tiny.jsonl"
 TINIEST = ["--samples", "1", "--max-new-tokens", "2", "--limit", "1", "--quiet"]
 SMALL = ["--samples", "1", "--max-new-tokens", "4", "--limit", "2", "--quiet"]
-
-
-def assert_error(run, *needles: str) -> None:
-    """Exit 2, an 'error:' line and a 'fix:' line, every needle, no traceback."""
-    assert run.code == 2, (run.code, run.err)
-    lines = run.err.strip().splitlines()
-    assert any(line.startswith("error: ") for line in lines), run.err
-    assert any(line.startswith("fix: ") for line in lines), run.err
-    assert "Traceback" not in run.err, run.err
-    for n in needles:
-        assert n in run.err, (n, run.err)
 
 
 @pytest.fixture(scope="module")
