@@ -379,3 +379,32 @@ def test_check_with_a_missing_teacher_still_checks_the_others(student, tmp_path)
     load = [d for d in lines if d["code"] == "load"]
     assert len(load) == 1 and "does not exist" in load[0]["message"]
     assert any(d["code"] == "vocab" and d["level"] == "ok" for d in lines)
+
+
+# ------------------------------------------------------------------------------------------------ fail fast
+def test_fail_fast_raises_the_first_error_as_the_runs_own_error(student, variants):
+    from opd_probe.config import ProbeConfig
+    from opd_probe.errors import VocabMismatchError
+    from opd_probe.run.preflight import fail_fast, plan_of
+
+    cfg = ProbeConfig(student=str(student), teachers=(str(variants["other-map"]),), out="x", max_new_tokens=8,
+                      top_k=4, score_backend="hf")
+    assert plan_of(cfg, True) == Plan(max_new_tokens=8, top_k=4, prompts_given=True)
+    with pytest.raises(VocabMismatchError, match="differ at id"):
+        fail_fast(cfg, cfg.student, cfg.teachers)
+
+
+def test_fail_fast_returns_the_warnings_and_never_breaks_a_run(student, variants, monkeypatch):
+    from opd_probe.config import ProbeConfig
+    from opd_probe.run import preflight
+
+    cfg = ProbeConfig(student=str(student), teachers=(str(variants["instruct"]),), out="x")
+    warnings = preflight.fail_fast(cfg, cfg.student, cfg.teachers)
+    assert any(w.startswith("preflight: stop tokens disagree") for w in warnings), warnings
+
+    def broken(*a, **k):
+        raise RuntimeError("an odd tokenizer")
+
+    monkeypatch.setattr(preflight, "findings", broken)
+    assert preflight.fail_fast(cfg, cfg.student, cfg.teachers) == [
+        "preflight checks skipped (RuntimeError: an odd tokenizer); opd-probe check --debug shows why"]

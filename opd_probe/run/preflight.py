@@ -180,12 +180,20 @@ _ERROR_CLASS = {"vocab": VocabMismatchError, "load": ModelLoadError, "weights": 
 
 def fail_fast(cfg, student: str, teachers: Sequence[str], prompts: Sequence[ProbePrompt] | None = None) -> list[str]:
     """The start of compare / verify / select-prompts: raise the first error finding as the error the run would
-    have hit later (after loading weights and sampling); return the warnings for the run's own warnings."""
-    found = findings(student, teachers, plan_of(cfg, bool(prompts)), prompts)
+    have hit later (after loading weights and sampling); return the warnings, for the run's own warnings.
+
+    A preflight that breaks on something unforeseen (not a finding: a bug, an odd tokenizer) must not stop a run
+    that would work: it becomes one warning."""
+    try:
+        found = findings(student, teachers, plan_of(cfg, bool(prompts)), prompts)
+    except ProbeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return [f"preflight checks skipped ({type(e).__name__}: {e}); opd-probe check --debug shows why"]
     errors = [f for f in found if f.level == "error"]
     if errors:
         e = errors[0]
         more = f" (and {len(errors) - 1} more: opd-probe check lists them all)" if len(errors) > 1 else ""
         raise _ERROR_CLASS.get(e.code, InputError)(e.message + more, fix=e.fix)
-    return [f"{f.message} ({f.fix})" if f.fix else f.message
+    return [f"preflight: {f.message} ({f.fix})" if f.fix else f"preflight: {f.message}"
             for f in found if f.level == "warn" and f.code not in REPORTED_BY_THE_RUN]
