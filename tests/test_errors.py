@@ -65,6 +65,7 @@ def compare(student, *teachers, out, prompts=TINY_PROMPTS, extra=()):
 def test_broken_teacher_folder(student, bad, tmp_path, name, needles):
     run = compare(student, bad[name], out=tmp_path / "o")
     assert_error(run, *needles)
+    assert not (tmp_path / "o").exists()  # found by the preflight: nothing sampled, nothing written
 
 
 def test_missing_config(student, bad, tmp_path):
@@ -92,6 +93,51 @@ def test_template_that_refuses_the_prompts_messages(student, bad, tmp_path):
 
 def test_missing_model_folder(student, tmp_path):
     assert_error(compare(student, tmp_path / "nowhere", out=tmp_path / "o"), "does not exist")
+
+
+@pytest.fixture(scope="module")
+def other_map(student, tmp_path_factory) -> Path:
+    """The student with another tokenizer of the same size: same 512 ids, other strings."""
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("other-map")
+    return variant(student, root / "model", tokenizer_from=tiny_models.build_tokenizer(root / "tok", variant="other"))
+
+
+@pytest.mark.parametrize("command", ["compare", "verify", "select-prompts"])
+def test_vocab_mismatch_stops_before_any_weight_loads(student, other_map, tmp_path, monkeypatch, command):
+    """Same vocabulary size, another id map: exit 2 from the preflight, before a weight is loaded or a rollout
+    sampled (issue 15: this took 45 s of sampling and scoring before)."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*a, **k):
+        raise AssertionError("a weight was loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    out = tmp_path / "o"
+    if command == "compare":
+        run = compare(student, other_map, out=out)
+    elif command == "verify":
+        run = cli("verify", student, other_map, "--prompts", TINY_PROMPTS, "--out", out, "--steps", "1", "--quiet")
+    else:
+        pool = write(tmp_path / "pool.jsonl", '{"prompt": "What is 2 + 3?"}\n{"prompt": "And 4 + 5?"}\n')
+        run = cli("select-prompts", student, other_map, "--pool", pool, "--keep", "1", "--out", out / "kept.jsonl",
+                  "--quiet")
+    assert_error(run, "vocabularies differ at id", "differ, teacher has 512 tokens")
+    assert not (out / "rollouts.jsonl").exists() and not out.exists()
+
+
+def test_preflight_warnings_join_the_runs_warnings(student, tmp_path):
+    from opd_probe.rundir import load_results
+
+    instruct = variant(student, tmp_path / "instruct", generation_config={"eos_token_id": 4},
+                       tokenizer_config={"eos_token": "<|system|>"}, chat_template=(
+                           "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|system|>\n' }}"
+                           "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"))
+    run = compare(student, instruct, out=tmp_path / "o")
+    assert run.code == 0, run.err  # a warning does not stop the run
+    warnings = load_results(tmp_path / "o").warnings
+    assert any(w.startswith("preflight: stop tokens disagree") for w in warnings), warnings
 
 
 # ------------------------------------------------------------------------------------------------ prompts

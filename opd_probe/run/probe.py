@@ -30,6 +30,7 @@ from ..types import Novelty, PairResult, ProbePrompt, ProbeResults, Rollout
 from ..verdict import decide, rank_key
 from ..vocab import check_vocab
 from . import evidence
+from .preflight import fail_fast
 from .stages import (NullProgress, Progress, batches_by_tokens, check_top_k, environment, file_sha256, free_model,
                      model_spec, sampling_seed)
 
@@ -219,11 +220,12 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         if cfg.prompts is None:
             raise InputError("no prompt set given", fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
         prompts = load_prompts(cfg.prompts, limit=cfg.limit)  # validate before loading any model
+    pre_warnings = fail_fast(cfg, cfg.student, cfg.teachers, prompts if cfg.reuse is None else None)  # no weights
     out = OutDir(cfg.out)
     out.prepare(cfg.to_dict(), resume=cfg.resume, overwrite=cfg.overwrite,
                 numbers_key=lambda d: ProbeConfig.from_dict(d).numbers_key())
     timings: dict = {}
-    warnings: list[str] = []
+    warnings: list[str] = list(pre_warnings)
 
     if cfg.reuse is not None:
         rollouts, student_info, prompts_meta, sample_timing = _reuse_inputs(cfg, out)

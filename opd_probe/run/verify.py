@@ -248,6 +248,7 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     from ..backends.base import SamplingSettings
     from ..prompts import load_prompts
     from ..rundir import OutDir, atomic_write_text, dumps
+    from .preflight import fail_fast
     from .stages import NullProgress, environment, load_pair, model_spec, sampling_seed
 
     progress = progress or NullProgress()
@@ -258,12 +259,14 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     if cfg.eval_prompts and not evalset:
         raise InputError(f"--eval-prompts {cfg.eval_prompts}: no prompt carries an 'answer'",
                          fix="held-out accuracy needs reference answers: add an 'answer' field, or drop --eval-prompts")
+    pre_warnings = fail_fast(cfg, cfg.student, [cfg.teacher], train)  # before any weight loads (docs/check.md)
     out = OutDir(cfg.out)
     out.prepare(cfg.to_dict(), resume=False, overwrite=cfg.overwrite, numbers_key=lambda d: d)
     torch.manual_seed(cfg.seed)
 
     student, teacher, warnings = load_pair("hf", model_spec(cfg.student, cfg), model_spec(cfg.teacher, cfg),
                                            cfg.top_k, progress)
+    warnings = pre_warnings + warnings
     teacher.model.requires_grad_(False)
     model = student.model
     # eval mode throughout (gradients still flow): dropout would make the sampling policy and the trained policy
