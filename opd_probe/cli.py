@@ -296,7 +296,9 @@ def report(
     plan_max_tokens: opt.PlanMaxTokens = None,
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
-    from .report.html import load_runs, report_markdown, write_html
+    from .report.html import write_html
+    from .report.markdown import report_markdown
+    from .report.runs import load_runs
     from .rundir import dumps
 
     plan = _plan_values(plan_steps, plan_batch, plan_max_tokens)

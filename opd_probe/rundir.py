@@ -9,6 +9,9 @@ Layout of an out directory:
     states.parquet     one row per teacher x state with every per-state metric
     tokens.json        id -> text of every response token and of each model's top-5 ids (for reports)
     results.json       the results document (written last; its presence means the run finished)
+
+A select-prompts work directory holds scores.jsonl (one line of per-prompt scores per pool prompt, read by
+read_pool_scores), selection.json and summary.md.
 """
 
 from __future__ import annotations
@@ -185,15 +188,24 @@ class OutDir:
         np.savez(buf, **{k: v for k, v in arrays.items() if v is not None})
         atomic_write_bytes(self.scores_dir(slug) / f"part-{first:07d}-{last:07d}.npz", buf.getvalue())
 
-    def read_score_parts(self, slug: str) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+    def read_score_parts(self, slug: str, rollout: int | None = None) -> list[tuple[int, int, dict[str, np.ndarray]]]:
+        """(first, last, arrays) of each saved part of ``slug``, in rollout order; with ``rollout``, only the part
+        that holds that rollout (a report reads the few rollouts it shows). Files not named
+        part-<first>-<last>.npz are not parts and are skipped."""
         d = self.scores_dir(slug)
         if not d.is_dir():
             return []
         parts = []
         for f in sorted(d.glob("part-*.npz")):
-            _, a, b = f.stem.split("-")
+            try:
+                _, a, b = f.stem.split("-")
+                first, last = int(a), int(b)
+            except ValueError:
+                continue
+            if rollout is not None and not first <= rollout <= last:
+                continue
             with np.load(f) as z:
-                parts.append((int(a), int(b), {k: z[k] for k in z.files}))
+                parts.append((first, last, {k: z[k] for k in z.files}))
         return parts
 
     # -------------------------------------------------------------- finished results
@@ -215,6 +227,20 @@ class OutDir:
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         atomic_write_bytes(self.path / name, buf.getvalue())
+
+
+def read_pool_scores(path: Path) -> dict[int, dict]:
+    """select-prompts' scores.jsonl: pool index -> its score line. A torn last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            d = json.loads(line)
+            done[int(d["index"])] = d
+        except (ValueError, KeyError, TypeError):
+            break
+    return done
 
 
 def load_results(path: str | Path) -> ProbeResults:

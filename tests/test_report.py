@@ -358,3 +358,101 @@ def test_report_on_a_corrupt_states_file(runs, tmp_path):
 def test_unwritable_html_path(runs, tmp_path):
     (tmp_path / "file").write_text("x")
     _assert_exit_2(cli("report", runs.compare, "--html", tmp_path / "file" / "r.html"), "--html")
+
+
+# ------------------------------------------------------------------------------------------------ 5. the shared pieces
+def test_fmt_is_the_one_number_formatter():
+    from opd_probe.report.view import MISSING, ci_range, criterion, fmt, gains, num
+    from opd_probe.metrics import Estimate
+
+    for missing in (None, float("nan"), np.nan, float("inf"), -float("inf"), "abc", [1]):
+        assert fmt(missing) == MISSING == "–" and num(missing) is None
+        assert fmt(missing, 2, sign=True) == fmt(missing, general=True) == "–"
+    assert fmt(0.12345) == "0.123" and fmt(2, 1) == "2.0" and fmt("0.5") == "0.500"
+    assert fmt(np.float32(0.5)) == "0.500" and fmt(np.int64(3), 0) == "3"
+    assert fmt(0.25, 2, sign=True) == "+0.25" and fmt(-0.5, sign=True) == "-0.500" and fmt(0, 2, sign=True) == "+0.00"
+    assert fmt(1234.5, general=True) == "1.23e+03" and fmt(0.012345, general=True) == "0.0123"
+    assert fmt(0.5, general=True) == "0.5" and fmt(12.0, 2, general=True) == "12"
+    assert ci_range(Estimate(0.5, 0.25, 0.75, 10)) == "0.25–0.75"
+    assert ci_range(Estimate(0.5, float("nan"), 0.75, 10), 2) == "––0.8"
+    from opd_probe.types import ContinuationGain
+
+    rows = [ContinuationGain(depth=d, n=10, teacher_accuracy=0.5, student_accuracy=0.5, gain=g, se=0.1)
+            for d, g in ((0, 0.123), (64, None), (128, -0.05))]
+    assert gains(rows) == \
+        "+0.12@0, -0.05@128"
+    assert gains(None) == gains([]) == ""
+    assert (criterion(True), criterion(False), criterion(None)) == ("pass", "fail", "n/a")
+
+
+def test_metric_columns_come_from_metrics_METRICS():
+    from opd_probe.metrics import METRICS
+    from opd_probe.report import plots, view
+
+    assert list(view.COLUMNS) == list(METRICS)
+    for m, (_, higher) in METRICS.items():
+        c = view.COLUMNS[m]
+        assert c.metric == m and c.higher_is_better is higher
+        assert c.arrow == {True: " ↑", False: " ↓", None: ""}[higher]
+        assert c.header().endswith(c.arrow) and c.header(short=True).endswith(c.arrow)
+        assert "\n" not in c.label and c.header(arrow=False) == c.label
+    # each table picks from the one table (same objects), so a direction changed in METRICS reaches every header
+    for table in (view.CONSOLE_RANKING, view.HTML_RANKING, view.TEMPLATE_METRICS, view.SELECTION_COLUMNS):
+        assert all(view.COLUMNS[c.metric] is c for c in table)
+    assert [c.header() for c in view.HTML_RANKING] == [
+        "overlap ratio ↑", "mass (student) ↑", "mass (teacher) ↑", "entropy gap ↓", "top-k rev. KL",
+        "sampled rev. KL", "top-1 agree ↑"]
+    assert [c.header(short=True) for c in view.CONSOLE_RANKING][3:] == [
+        "entropy\ngap ↓", "top-k\nrev. KL", "sampled\nrev. KL", "cov.\nstud.", "cov.\nteach.", "top-1\nagree ↑"]
+    assert [c.header(short=True, arrow=False).replace("\n", " ") for c in view.SELECTION_COLUMNS] == [
+        "overlap ratio", "mass stud.", "mass teach.", "top-k rev. KL", "entropy gap", "student entropy",
+        "teacher entropy"]
+    assert [c.label for c in view.TEMPLATE_METRICS] == ["overlap ratio", "mass (student)", "top-k rev. KL",
+                                                        "entropy gap"]
+    assert [t for _, t in plots.DEPTH_METRICS] == ["overlap ratio ↑", "overlap mass (student) ↑",
+                                                   "entropy gap (nats) ↓", "top-k reverse KL (nats/token)"]
+
+
+def test_depth_bins_from_states_use_the_prompt_bootstrap_of_metrics():
+    """Hand-derived means, and the same CIs as metrics.aggregate on the same depth bins (one bootstrap)."""
+    import pandas as pd
+
+    from opd_probe import metrics
+    from opd_probe.report.html import _depth_from_states
+
+    # prompt a: positions 0, 1, 2, 5; prompt b: positions 0, 1 (NaN entropy gap at b/1: left out of its mean)
+    df = pd.DataFrame({"prompt_id": ["a", "a", "a", "a", "b", "b"], "position": [0, 1, 2, 5, 0, 1],
+                       "overlap_ratio": [1.0, 0.0, 0.5, 0.25, 0.0, 0.5],
+                       "overlap_mass_student": [0.9, 0.1, 0.5, 0.2, 0.3, 0.3],
+                       "entropy_gap": [0.2, 0.4, 0.1, 0.3, 0.6, np.nan],
+                       "topk_reverse_kl": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    out = _depth_from_states(df, width=2, level=0.9, seed=3)
+    assert out["x"] == [1.0, 3.0, 5.0]  # bin [4, 6) holds only position 5; no bin is empty here
+    mean, low, high = out["metrics"]["overlap_ratio"]
+    assert mean == pytest.approx([1.5 / 4, 0.5, 0.25])
+    assert out["metrics"]["entropy_gap"][0] == pytest.approx([(0.2 + 0.4 + 0.6) / 3, 0.1, 0.3])
+    agg = metrics.aggregate({m: df[m].to_numpy() for m in out["metrics"]}, (df["prompt_id"] == "b").to_numpy(int),
+                            df["position"].to_numpy(), 2, [0, 2, 4], n_boot=200, seed=3, level=0.9)
+    for m, (mean, low, high) in out["metrics"].items():
+        want = [b["metrics"][m] for b in agg["depth"]]
+        assert mean == pytest.approx([e.mean for e in want]), m
+        assert low == pytest.approx([e.ci_low for e in want], nan_ok=True), m
+        assert high == pytest.approx([e.ci_high for e in want], nan_ok=True), m
+
+
+def test_score_parts_read_one_rollout_and_pool_scores(tmp_path):
+    """OutDir.read_score_parts(rollout=) is the reader the token view uses; read_pool_scores reads scores.jsonl."""
+    from opd_probe.rundir import OutDir, read_pool_scores
+
+    out = OutDir(tmp_path)
+    out.write_score_part("s", 0, 1, {"topk_ids_LK": np.zeros((3, 2), int)})
+    out.write_score_part("s", 2, 3, {"topk_ids_LK": np.ones((5, 2), int)})
+    (out.scores_dir("s") / "part-notes.npz").write_bytes(b"not a part")  # not part-<first>-<last>: skipped
+    assert [(a, b) for a, b, _ in out.read_score_parts("s")] == [(0, 1), (2, 3)]
+    [(first, last, arrays)] = out.read_score_parts("s", rollout=3)
+    assert (first, last) == (2, 3) and arrays["topk_ids_LK"].shape == (5, 2)
+    assert out.read_score_parts("s", rollout=9) == [] and out.read_score_parts("other", rollout=0) == []
+    f = tmp_path / "scores.jsonl"
+    assert read_pool_scores(f) == {}
+    f.write_text('{"index": 2, "x": 1}\n{"index": 0}\n{"index": 5, "x"', encoding="utf-8")  # torn last line
+    assert read_pool_scores(f) == {2: {"index": 2, "x": 1}, 0: {"index": 0}}

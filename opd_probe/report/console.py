@@ -2,51 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..costs import Cost, Projection, Range
+from ..costs import Projection
 from ..types import ProbeResults
-
-# (metric, column header, decimals)
-COLUMNS = [
-    ("overlap_ratio", "overlap\nratio ↑", 3),
-    ("overlap_mass_student", "mass\nstud. ↑", 3),
-    ("overlap_mass_teacher", "mass\nteach. ↑", 3),
-    ("entropy_gap", "entropy\ngap ↓", 3),
-    ("topk_reverse_kl", "top-k\nrev. KL", 3),
-    ("sampled_reverse_kl", "sampled\nrev. KL", 3),
-    ("topk_coverage_student", "cov.\nstud.", 3),
-    ("topk_coverage_teacher", "cov.\nteach.", 3),
-    ("top1_agreement", "top-1\nagree ↑", 3),
-]
+from .view import (CONSOLE_RANKING, SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, ci_range, fmt, gains,
+                   plan_rows, plan_title, selection_cells, selection_deltas, selection_headline, short_names,
+                   template_summary)
 
 
 _STATUS = {"go": ("GO", "bold green"), "caution": ("CAUTION", "bold yellow"), "no-go": ("NO-GO", "bold red")}
 STATUS_STYLE = {k: f"[{style}]{label}[/]" for k, (label, style) in _STATUS.items()}
 STATUS_PADDED = {k: f"[{style}]{label:<8}[/]" for k, (label, style) in _STATUS.items()}
-
-
-def _fmt(x: float, d: int) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
-
-
-def _ci(e, d: int) -> str:
-    return f"{_fmt(e.ci_low, d - 1)}–{_fmt(e.ci_high, d - 1)}"
-
-
-def short_names(names: list[str]) -> dict[str, str]:
-    """Folder names instead of full paths when they are unique (hub ids keep their org/ prefix)."""
-    def short(n: str) -> str:
-        parts = n.rstrip("/").split("/")
-        return "/".join(parts[-2:]) if len(parts) == 2 and not n.startswith((".", "/", "~")) else parts[-1]
-
-    shorts = {n: short(n) for n in names}
-    return shorts if len(set(shorts.values())) == len(shorts) else {n: n for n in names}
 
 
 def ranking_table(results: ProbeResults) -> Table:
@@ -64,17 +34,17 @@ def ranking_table(results: ProbeResults) -> Table:
     table.add_column("#", justify="right")
     table.add_column("teacher", overflow="fold", min_width=12)
     table.add_column("verdict")
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right")
+    for c in CONSOLE_RANKING:
+        table.add_column(c.header(short=True), justify="right")
     by_name = {p.teacher: p for p in results.pairs}
     names = short_names(list(results.ranking))
     for rank, name in enumerate(results.ranking, 1):
         pair = by_name[name]
         cells = []
-        for metric, _, d in COLUMNS:
-            e = pair.pooled[metric]
-            mark = "≈" if metric in pair.approximate else ""
-            cells.append(f"{mark}{_fmt(e.mean, d)}\n[dim]{_ci(e, d)}[/dim]")
+        for c in CONSOLE_RANKING:
+            e = pair.pooled[c.metric]
+            mark = "≈" if c.metric in pair.approximate else ""
+            cells.append(f"{mark}{fmt(e.mean, c.digits)}\n[dim]{ci_range(e, c.digits)}[/dim]")
         status = pair.verdict.status
         table.add_row(str(rank), names[name], STATUS_STYLE.get(status, status), *cells)
     return table
@@ -89,54 +59,29 @@ def verdict_lines(results: ProbeResults) -> list[str]:
     for name in results.ranking:
         v = by[name].verdict
         e = by[name].pooled
-        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v.status]}  overlap {_fmt(e['overlap_ratio'].mean, 2)} "
-                f"[{_fmt(e['overlap_ratio'].ci_low, 2)}, {_fmt(e['overlap_ratio'].ci_high, 2)}]  mass "
-                f"{_fmt(e['overlap_mass_student'].mean, 2)}  signal {_fmt(e['topk_reverse_kl'].mean, 3)} nats/token")
+        head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v.status]}  overlap {fmt(e['overlap_ratio'].mean, 2)} "
+                f"[{fmt(e['overlap_ratio'].ci_low, 2)}, {fmt(e['overlap_ratio'].ci_high, 2)}]  mass "
+                f"{fmt(e['overlap_mass_student'].mean, 2)}  signal {fmt(e['topk_reverse_kl'].mean, 3)} nats/token")
         novelty = by[name].novelty
         if novelty.continuation:
-            head += "  gain " + ", ".join(f"{c.gain:+.2f}@{c.depth}" for c in novelty.continuation)
+            head += "  gain " + gains(novelty.continuation)
         if novelty.grad_norm is not None:
-            head += f"  grad-norm {novelty.grad_norm:.3g}"
+            head += f"  grad-norm {fmt(novelty.grad_norm, general=True)}"
         lines.append(head)
         pad = " " * (width + 2)
         for r in v.reasons:
             if r.value is None:
                 lines.append(f"{pad}[dim]{r.code}:[/dim] {escape(r.message)}")
             else:
-                lines.append(f"{pad}{r.code}: {r.metric} {_fmt(r.value, 3)} {r.direction} "
-                             f"{_fmt(r.threshold, 3)}  [dim]{escape(r.message)}[/dim]")
+                lines.append(f"{pad}{r.code}: {r.metric} {fmt(r.value, 3)} {r.direction} "
+                             f"{fmt(r.threshold, 3)}  [dim]{escape(r.message)}[/dim]")
         for rec in v.recommendations:
             lines.append(f"{pad}-> {escape(rec)}")
     return lines
 
 
 # ------------------------------------------------------------------------------------------------ templates
-TEMPLATE_METRICS = [("overlap_ratio", "overlap ratio", 3), ("overlap_mass_student", "mass (student)", 3),
-                    ("topk_reverse_kl", "top-k rev. KL", 3), ("entropy_gap", "entropy gap", 3)]
 EXAMPLE_CHARS = 600
-
-
-def _sign(x, d=3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{d}f}"
-
-
-def template_summary(t: dict) -> dict:
-    """Display strings of one pair's template comparison (pairs[].templates), shared by every report format."""
-    out: dict = {"unavailable": t.get("unavailable"), "identical": bool(t.get("identical")),
-                 "differences": list(t.get("differences") or []), "diff": list(t.get("diff") or []),
-                 "example": t.get("example"), "rows": [], "delta": [], "recommended": t.get("recommended"),
-                 "reason": t.get("reason"), "primary": t.get("primary"),
-                 "student_rendering": t.get("student_rendering", "chat template")}
-    pooled = t.get("pooled")
-    if pooled:
-        for who in ("student", "teacher"):
-            out["rows"].append((f"{who}'s template", [_fmt((pooled[who].get(m) or {}).get("mean"), d)
-                                                      for m, _, d in TEMPLATE_METRICS]))
-        for m, label, d in TEMPLATE_METRICS:
-            e = (t.get("delta") or {}).get(m) or {}
-            out["delta"].append(f"{label} {_sign(e.get('mean'), d)} [{_sign(e.get('ci_low'), d)}, "
-                                f"{_sign(e.get('ci_high'), d)}]")
-    return out
 
 
 def _clip(text: str, n: int = EXAMPLE_CHARS) -> str:
@@ -158,7 +103,7 @@ def template_lines(results: ProbeResults) -> list[str]:
             lines.append(f"  {escape(s['unavailable'])}")
             continue
         if s["rows"]:
-            head = "  " + " " * 18 + "".join(f"{label:>16}" for _, label, _ in TEMPLATE_METRICS)
+            head = "  " + " " * 18 + "".join(f"{c.label:>16}" for c in TEMPLATE_METRICS)
             lines.append(head)
             for label, cells in s["rows"]:
                 lines.append(f"  {label:<18}" + "".join(f"{c:>16}" for c in cells))
@@ -178,45 +123,6 @@ def template_lines(results: ProbeResults) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ cost plan
-def duration(seconds) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def tokens(n) -> str:
-    if n is None:
-        return "–"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-def plan_rows(plan: Projection) -> list[tuple[str, str, str, str]]:
-    """(what, tokens low–high, measured rate, time low–high) rows of a cost projection."""
-    names = short_names(list(plan.teachers))
-
-    def row(what: str, n: Range, c: Cost) -> tuple[str, str, str, str]:
-        return (what, f"{tokens(n.low)} – {tokens(n.high)}",
-                f"{c.tokens_per_second:.1f} tokens/s" if c.tokens_per_second else "not measured",
-                f"{duration(c.seconds.low)} – {duration(c.seconds.high)}")
-
-    return [row("student sampling (response tokens)", plan.response_tokens, plan.sampling)] + [
-        row(f"teacher {names[name]} scoring (prompt + response)", plan.scored_tokens, c)
-        for name, c in plan.teachers.items()]
-
-
-def plan_title(plan: Projection) -> str:
-    p = plan.plan
-    return (f"cost of the planned OPD run: {p.steps} steps x {p.batch} sequences, responses up to "
-            f"{p.max_tokens} tokens, on {plan.device} ({plan.backend})")
-
-
 def plan_table(plan: Projection) -> Table:
     table = Table(title=plan_title(plan), header_style="bold",
                   caption="low: the probe's mean response length; high: every response at the planned cap")
@@ -228,7 +134,7 @@ def plan_table(plan: Projection) -> Table:
     return table
 
 
-def print_plan(plan: Projection, stdout: Console) -> None:
+def print_plan(plan: dict, stdout: Console) -> None:
     stdout.print(plan_table(plan))
     stdout.print("assumptions:", highlight=False)
     for a in plan.assumptions:
@@ -320,41 +226,6 @@ class RichProgress:
             self._bar.console.print(f"[dim]{escape(message)}[/dim]")
 
 
-# (selection summary key, header, decimals)
-SELECTION_COLUMNS = [
-    ("overlap_ratio", "overlap\nratio", 3),
-    ("overlap_mass_student", "mass\nstud.", 3),
-    ("overlap_mass_teacher", "mass\nteach.", 3),
-    ("topk_reverse_kl", "top-k\nrev. KL", 3),
-    ("entropy_gap", "entropy\ngap", 3),
-    ("student_entropy", "student\nentropy", 3),
-    ("teacher_entropy", "teacher\nentropy", 3),
-]
-RANK_WORDS = {"overlap_mass_student": "student overlap mass", "overlap_ratio": "overlap ratio",
-              "topk_reverse_kl": "top-k reverse KL"}
-
-
-def selection_headline(doc: dict) -> str:
-    s, pool = doc["selection"], doc["pool"]
-    what = RANK_WORDS.get(s["rank_metric"], s["rank_metric"])
-    cut = s.get("aligned_cutoff")
-    cut_text = f" ({'>=' if s['higher_is_aligned'] else '<='} {cut:.4f})" if cut is not None else ""
-    return (f"kept {s['aligned'] + s['ood']} of {pool['scored']} scored pool prompts: {s['aligned']} most "
-            f"teacher-aligned by {what}{cut_text} + {s['ood']} drawn at random from the rest "
-            f"(--ood-fraction {s['ood_fraction']:g})")
-
-
-def selection_deltas(doc: dict) -> str:
-    """How the kept set differs from the pool, in one line."""
-    pool, kept = doc["summary"]["pool"], doc["summary"]["kept"]
-    parts = []
-    for m, label in (("overlap_mass_student", "mass"), ("overlap_ratio", "overlap"),
-                     ("topk_reverse_kl", "top-k KL"), ("student_entropy", "student entropy")):
-        if pool.get(m) is not None and kept.get(m) is not None:
-            parts.append(f"{label} {kept[m] - pool[m]:+.3f}")
-    return "kept minus pool (means over prompts): " + ", ".join(parts)
-
-
 def print_selection(doc: dict, stdout: Console, stderr: Console) -> None:
     cfg = doc["config"]
     table = Table(title=f"select-prompts: {escape(cfg['student'])} <- {escape(cfg['teacher'])} · "
@@ -363,12 +234,12 @@ def print_selection(doc: dict, stdout: Console, stderr: Console) -> None:
                   header_style="bold")
     table.add_column("set")
     table.add_column("prompts", justify="right")
-    for _, header, _ in SELECTION_COLUMNS:
-        table.add_column(header, justify="right")
-    labels = {"pool": "pool (scored)", "kept": "kept", "aligned": "  aligned", "ood": "  out-of-distribution"}
-    for key, label in labels.items():
+    for c in SELECTION_COLUMNS:
+        table.add_column(c.header(short=True, arrow=False), justify="right")
+    for key, label in SELECTION_SETS.items():
         row = doc["summary"][key]
-        table.add_row(label, str(row["prompts"]), *[_fmt(row.get(m), d) for m, _, d in SELECTION_COLUMNS])
+        label = label if key in ("pool", "kept") else "  " + label  # the two parts of the kept set, indented
+        table.add_row(label, str(row["prompts"]), *selection_cells(row))
     stdout.print(table)
     stdout.print(escape(selection_headline(doc)), highlight=False)
     stdout.print(escape(selection_deltas(doc)), highlight=False)

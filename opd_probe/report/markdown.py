@@ -1,18 +1,19 @@
-"""summary.md: the verdicts as Markdown, for CI job summaries ($GITHUB_STEP_SUMMARY) and pull requests."""
+"""Every Markdown the tool writes: summary.md of a compare run (CI job summaries ($GITHUB_STEP_SUMMARY) and pull
+requests), of a select-prompts run, the short summary of a verify run, and `opd-probe report --md`."""
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from ..types import ProbeResults
-from .console import short_names
+from .runs import Run
+from .view import (SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, criterion, fmt, plan_rows, plan_title,
+                   selection_cells, selection_deltas, selection_headline, short_names, template_summary)
 
 STATUS_ICON = {"go": "✅ GO", "caution": "⚠️ CAUTION", "no-go": "⛔ NO-GO"}
 
 
-def _f(x, d=3) -> str:
-    return "–" if x is None or x != x else f"{x:.{d}f}"
-
-
-def _md(text: str) -> str:
+def _md(text: Any) -> str:
     """Escape what would break a Markdown table cell or inject markup."""
     return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
             .replace("\n", " "))
@@ -42,14 +43,14 @@ def summary_markdown(results: ProbeResults) -> str:
         e = p.pooled
 
         def cell(metric: str) -> str:
-            return ("≈" if metric in p.approximate else "") + _f(e[metric].mean)
+            return ("≈" if metric in p.approximate else "") + fmt(e[metric].mean)
 
         reasons = "; ".join(
-            f"{r.code}: {r.metric} {_f(r.value)} {r.direction} {_f(r.threshold)}"
+            f"{r.code}: {r.metric} {fmt(r.value)} {r.direction} {fmt(r.threshold)}"
             if r.value is not None else r.code for r in v.reasons) or "–"
         lines.append(
-            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v.status]} | {_f(e['overlap_ratio'].mean)} "
-            f"[{_f(e['overlap_ratio'].ci_low, 2)}, {_f(e['overlap_ratio'].ci_high, 2)}] | "
+            f"| {rank} | `{_md(names[name])}` | {STATUS_ICON[v.status]} | {fmt(e['overlap_ratio'].mean)} "
+            f"[{fmt(e['overlap_ratio'].ci_low, 2)}, {fmt(e['overlap_ratio'].ci_high, 2)}] | "
             f"{cell('overlap_mass_student')} | {cell('entropy_gap')} | {cell('topk_reverse_kl')} | "
             f"{_md(reasons)} |")
     recs = [(names[n], r) for n in results.ranking for r in by[n].verdict.recommendations]
@@ -77,8 +78,6 @@ def _code_block(text: str) -> list[str]:
 
 def template_markdown(results: ProbeResults) -> list[str]:
     """The student's vs the teacher's own template, per teacher that was compared (compare --template)."""
-    from .console import TEMPLATE_METRICS, template_summary
-
     names = short_names([p.teacher for p in results.pairs])
     out: list[str] = []
     for p in results.pairs:
@@ -90,7 +89,7 @@ def template_markdown(results: ProbeResults) -> list[str]:
             out += [_md(s["unavailable"])]
             continue
         if s["rows"]:
-            out += ["| rendering | " + " | ".join(label for _, label, _ in TEMPLATE_METRICS) + " |",
+            out += ["| rendering | " + " | ".join(c.label for c in TEMPLATE_METRICS) + " |",
                     "|---|" + "---|" * len(TEMPLATE_METRICS)]
             out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in s["rows"]]
             out += ["", f"Teacher minus student rendering (same states): {_md('; '.join(s['delta']))}.", "",
@@ -108,8 +107,6 @@ def template_markdown(results: ProbeResults) -> list[str]:
 
 
 def plan_markdown(plan) -> list[str]:
-    from .console import plan_rows, plan_title
-
     out = ["", "### Cost of the planned OPD run", "", _md(plan_title(plan)) + ".", "",
            "| | tokens (low – high) | measured here | time (low – high) |", "|---|---|---|---|"]
     out += [f"| {' | '.join(_md(c) for c in row)} |" for row in plan_rows(plan)]
@@ -119,10 +116,8 @@ def plan_markdown(plan) -> list[str]:
 
 def selection_markdown(doc: dict) -> str:
     """summary.md of a select-prompts run: how the kept set differs from the pool."""
-    from .console import SELECTION_COLUMNS, selection_deltas, selection_headline
-
     cfg = doc["config"]
-    heads = [h.replace("\n", " ") for _, h, _ in SELECTION_COLUMNS]
+    heads = [c.header(short=True, arrow=False).replace("\n", " ") for c in SELECTION_COLUMNS]
     lines = [
         "## opd-probe select-prompts",
         "",
@@ -135,12 +130,40 @@ def selection_markdown(doc: dict) -> str:
         "| set | prompts | " + " | ".join(heads) + " |",
         "|---|---|" + "---|" * len(heads),
     ]
-    for key, label in (("pool", "pool (scored)"), ("kept", "kept"), ("aligned", "aligned"),
-                       ("ood", "out-of-distribution")):
+    for key, label in SELECTION_SETS.items():
         row = doc["summary"][key]
-        lines.append(f"| {label} | {row['prompts']} | " + " | ".join(_f(row.get(m), d) for m, _, d in SELECTION_COLUMNS)
-                     + " |")
+        lines.append(f"| {label} | {row['prompts']} | " + " | ".join(selection_cells(row)) + " |")
     lines += ["", _md(selection_deltas(doc)) + ".", ""]
     lines += [f"- warning: {_md(w)}" for w in doc.get("warnings", [])]
     lines.append("")
     return "\n".join(lines)
+
+
+def verify_markdown(run: Run) -> str:
+    v = run.verify
+    c, cfg = v["criteria"], v["config"]
+    lines = [f"## opd-probe verify: `{_md(cfg.get('student'))}` ← `{_md(cfg.get('teacher'))}`", "",
+             f"{cfg.get('steps')} OPD steps, loss={cfg.get('loss')} · outcome **{_md(v.get('outcome'))}** · "
+             f"success criteria **{'PASSED' if c.get('passed') else 'FAILED'}**", "",
+             "| criterion | first steps | last steps | result |", "|---|---|---|---|",
+             f"| overlap ratio rises | {fmt(c.get('overlap_first'))} | {fmt(c.get('overlap_last'))} | "
+             f"{criterion(c.get('overlap_rises'))} |",
+             f"| top-k reverse KL falls | {fmt(c.get('kl_first'))} | {fmt(c.get('kl_last'))} | "
+             f"{'pass' if c.get('kl_falls') else 'fail'} |"]
+    if "accuracy" in c:
+        lines.append(f"| held-out accuracy | {fmt(c.get('accuracy_start'))} | {fmt(c.get('accuracy_end'))} | "
+                     f"{_md(c['accuracy'])} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def report_markdown(runs: Sequence[Run]) -> str:
+    """summary_markdown for each compare run, a short summary for each verify run; labelled when several."""
+    parts = []
+    for r in runs:
+        body = (summary_markdown(r.results) if r.kind == "compare" else
+                selection_markdown(r.selection) if r.kind == "select" else verify_markdown(r))
+        if len(runs) > 1:
+            body = f"**Run `{_md(r.label)}`**\n\n" + body
+        parts.append(body)
+    return "\n".join(parts)

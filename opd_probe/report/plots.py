@@ -12,14 +12,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import view
+from .view import COLUMNS
+
 # colour-blind-safe cycle (Okabe-Ito), one colour per teacher
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-DEPTH_METRICS = [
-    ("overlap_ratio", "overlap ratio ↑"),
-    ("overlap_mass_student", "overlap mass (student) ↑"),
-    ("entropy_gap", "entropy gap (nats) ↓"),
-    ("topk_reverse_kl", "top-k reverse KL (nats/token)"),
-]
+_DEPTH_TITLES = {"overlap_ratio": "overlap ratio", "overlap_mass_student": "overlap mass (student)",
+                 "entropy_gap": "entropy gap (nats)", "topk_reverse_kl": "top-k reverse KL (nats/token)"}
+# (metric, panel title with its higher-is-better arrow) of the depth plot
+DEPTH_METRICS = [(m, _DEPTH_TITLES[m] + COLUMNS[m].arrow) for m in view.DEPTH_METRICS]
 VERIFY_METRICS = [
     ("overlap_ratio", "overlap ratio"),
     ("topk_reverse_kl", "top-k reverse KL (nats/token)"),

@@ -27,7 +27,7 @@ from .. import __version__, metrics, selection
 from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, from_known_keys
 from ..errors import InputError, OutputError, ProbeError
 from ..prompts import PoolRecord, iter_pool, scan_pool
-from ..rundir import OutDir, atomic_write_text, dumps
+from ..rundir import OutDir, atomic_write_text, dumps, read_pool_scores
 
 SCORE_FIELD = "opd_probe"  # the field each kept record gains (the user's own fields are kept as they are)
 DEFAULT_PROBE_SAMPLES = 2
@@ -104,21 +104,6 @@ class SelectConfig:
         for name in self.SELECTION_ONLY:
             d.pop(name, None)
         return d
-
-
-# ------------------------------------------------------------------------------------------------ scores file
-def read_scores(path: Path) -> dict[int, dict]:
-    """Pool index -> its score line. A torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return {}
-    done = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            d = json.loads(line)
-            done[int(d["index"])] = d
-        except (ValueError, KeyError, TypeError):
-            break
-    return done
 
 
 def _append_lines(path: Path, rows: list[dict]) -> None:
@@ -277,7 +262,7 @@ def run_select(cfg: SelectConfig, progress=None) -> dict:
     work.prepare(cfg.to_dict(), resume=cfg.resume, overwrite=cfg.overwrite,
                  numbers_key=lambda d: SelectConfig.from_dict(d).numbers_key(), flag="--work")
     scores_path = work.path / "scores.jsonl"
-    done = {i: d for i, d in read_scores(scores_path).items()
+    done = {i: d for i, d in read_pool_scores(scores_path).items()
             if i < scan.count and d.get("digest") == scan.digests[i] and d.get("line") == scan.lines[i]}
     atomic_write_text(scores_path, "".join(json.dumps(done[i], ensure_ascii=False) + "\n" for i in sorted(done)))
     reused = len(done)
