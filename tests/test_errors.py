@@ -323,3 +323,17 @@ def test_debug_shows_the_traceback(student, tmp_path):
     run = cli("--debug", "compare", student, tmp_path / "nowhere", "--out", tmp_path / "o", "--prompts",
               TINY_PROMPTS, *TINIEST)
     assert run.code == 2 and "Traceback" in run.err and "error: " in run.err
+
+
+def test_every_row_of_docs_errors_names_a_test_that_exists():
+    import re
+
+    doc = (REPO / "docs" / "errors.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `") or line.startswith("| check")]
+    assert len(rows) >= 30, len(rows)
+    sources = {p.name: p.read_text() for p in (REPO / "tests").glob("test_*.py")}
+    for row in rows:
+        names = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)(?:\[[^\]]*\])?`", row.split("|")[-2])
+        assert names, row
+        for file, name in names:
+            assert f"def {name}(" in sources[file or "test_errors.py"], (file, name)
