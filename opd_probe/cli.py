@@ -522,6 +522,84 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
     return EXIT_OK
 
 
+@app.command()
+def check(
+    student: opt.Student,
+    teachers: opt.Teachers,
+    prompts: opt.CheckPrompts = None,
+    limit: opt.Limit = None,
+    max_new_tokens: opt.MaxNewTokens = DEFAULT_MAX_NEW_TOKENS,
+    top_k: opt.TopK = DEFAULT_TOP_K,
+    backend: opt.CheckBackend = DEFAULT_BACKEND,
+    vllm_logprobs: opt.VllmLogprobs = DEFAULT_VLLM_LOGPROBS,
+    batch_size: opt.CheckBatchSize = DEFAULT_BATCH_SIZE,
+    no_chat_template: opt.NoChatTemplate = False,
+    template: opt.Template = DEFAULT_TEMPLATE,
+    device: opt.Device = DEFAULT_DEVICE,
+    dtype: opt.Dtype = DEFAULT_DTYPE,
+    device_map: opt.DeviceMap = None,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    json_out: opt.CheckJson = False,
+):
+    """Preflight in seconds, without loading a weight: token -> id maps, stop tokens, chat-template renderings,
+    context, top-k, remote code, dtype and memory per model (docs/check.md). Exit 0: all ok; 1: warnings;
+    2: an error (the run would fail) or bad input."""
+    import json
+
+    from .check import Plan, exit_code
+    from .prompts import load_prompts
+    from .run.preflight import findings
+    from .templates import parse_templates
+
+    try:
+        tmpl = parse_templates(template)
+    except ValueError as e:
+        from .errors import InputError
+
+        raise InputError(f"--template: {e}", fix="use student, teacher or student,teacher") from e
+    plan = Plan(max_new_tokens=max_new_tokens, top_k=top_k, backend=backend, vllm_logprobs=vllm_logprobs,
+                chat_template=not no_chat_template, template=tmpl, dtype=dtype, device=device,
+                device_map=device_map, batch_size=batch_size, trust_remote_code=trust_remote_code)
+    loaded = load_prompts(prompts, limit=limit) if prompts is not None else None
+    found = findings(student, list(teachers), plan, loaded)
+    if json_out:
+        for f in found:
+            sys.stdout.write(json.dumps(f.to_dict(), ensure_ascii=False, default=str) + "\n")
+    else:
+        _print_findings(found, student, list(teachers))
+    return exit_code(found)
+
+
+_LEVEL_STYLE = {"ok": "green", "info": "dim", "warn": "yellow", "error": "bold red"}
+
+
+def _print_findings(found, student: str, teachers: list[str]) -> None:
+    """One table for the student (and the run), one per teacher; a rendering diff under its table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .check import worst
+
+    stdout, _ = _consoles()
+    sections = [(f"student {student}", [f for f in found if f.teacher is None])]
+    sections += [(f"teacher {t}", [f for f in found if f.teacher == t]) for t in dict.fromkeys(teachers)]
+    for title, items in sections:
+        level = worst(items)
+        table = Table(title=f"{escape(title)}: [{_LEVEL_STYLE[level]}]{level}[/]", title_justify="left",
+                      show_lines=False, expand=False)
+        for col in ("", "check", "finding", "fix"):
+            table.add_column(col, overflow="fold")
+        for f in items:
+            table.add_row(f"[{_LEVEL_STYLE[f.level]}]{f.level}[/]", f.code, escape(f.message), escape(f.fix or ""))
+        stdout.print(table)
+        for f in items:
+            if f.code == "rendering" and f.details.get("diff"):
+                stdout.print("[dim]" + escape("\n".join(f.details["diff"])) + "[/dim]")
+    level = worst(found)
+    stdout.print(f"[{_LEVEL_STYLE[level]}]{level}[/]: {sum(f.level == 'error' for f in found)} error(s), "
+                 f"{sum(f.level == 'warn' for f in found)} warning(s); no weights were loaded")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: maps every failure to exit code 2 (never 1, which means 'gate tripped')."""
     import click

@@ -153,3 +153,12 @@ DemoSmollm2 = Annotated[bool, typer.Option(
 DemoCache = Annotated[Optional[Path], typer.Option(
     "--cache", help="--smollm2: where its models are built (default $OPD_PROBE_CACHE or ~/.cache/opd-probe).")]
 DemoJson = Annotated[bool, typer.Option("--json", help="Print the results (and the measured outcomes) as JSON.")]
+
+# ------------------------------------------------------------------------------------------------ check
+CheckPrompts = Annotated[Optional[Path], typer.Option(
+    "--prompts", "-p", help="Probe prompts (.jsonl/.csv/.parquet): their renderings and lengths are checked "
+                            "(default: one example prompt, and no context check).")]
+CheckBackend = Annotated[str, typer.Option("--backend", help="hf or vllm: the scoring backend the run will use.")]
+CheckBatchSize = Annotated[int, typer.Option("--batch-size",
+                                             help="Sequences the run samples at once (sizes the KV cache estimate).")]
+CheckJson = Annotated[bool, typer.Option("--json", help="One finding per line as JSON (JSON Lines) on stdout.")]

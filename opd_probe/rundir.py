@@ -16,6 +16,7 @@ read_pool_scores), selection.json and summary.md.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -54,7 +55,18 @@ def dumps(obj: Any) -> str:
     return json.dumps(_clean(obj), indent=2, ensure_ascii=False, allow_nan=False)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path: Path, e: OSError) -> OutputError:
+    return OutputError(f"no space left on the device writing {path} ({e.strerror or e})",
+                       fix="free disk space (or use a directory on another disk), then run the same command with "
+                           "--resume: finished work is kept, nothing was half-written")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file next to ``path`` and rename it into place: ``path`` is whole or absent. A full
+    disk raises OutputError (nothing half-written is left)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -63,9 +75,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            raise disk_full_error(path, e) from e
         raise
 
 
@@ -127,10 +141,15 @@ class OutDir:
     # -------------------------------------------------------------- rollouts
     def append_rollouts(self, rollouts: Iterable[Rollout]) -> None:
         lines = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rollouts)
-        with open(self.path / "rollouts.jsonl", "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path / "rollouts.jsonl", "a", encoding="utf-8") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a torn last line is dropped on --resume (read_rollouts)
+            if e.errno in _DISK_FULL:
+                raise disk_full_error(self.path / "rollouts.jsonl", e) from e
+            raise
 
     def read_rollouts(self, samples: int | None = None) -> list[Rollout]:
         """Rollouts on disk. A torn last line (killed mid-write) is dropped; with ``samples``, so are prompts

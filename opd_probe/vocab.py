@@ -5,8 +5,18 @@ from __future__ import annotations
 from .errors import VocabMismatchError
 
 
+SAME_TOKENIZER_FIX = ("OPD needs a teacher with the student's tokenizer (the same token -> id map); pick a teacher "
+                      "from the student's model family (cross-tokenizer alignment is not supported yet)")
+
+
 def _by_id(vocab: dict[str, int]) -> dict[int, str]:
     return {i: t for t, i in vocab.items()}
+
+
+def vocab_diff(student: dict[str, int], teacher: dict[str, int]) -> tuple[list[int], list[int]]:
+    """(student ids the teacher maps to another token or to none, ids only the teacher has), both sorted."""
+    s, t = _by_id(student), _by_id(teacher)
+    return [i for i in sorted(s) if t.get(i) != s[i]], sorted(set(t) - set(s))
 
 
 def check_vocab(student: dict[str, int], teacher: dict[str, int], teacher_name: str) -> list[str]:
@@ -17,16 +27,15 @@ def check_vocab(student: dict[str, int], teacher: dict[str, int], teacher_name: 
     warning; output-head padding is not a vocabulary difference (the scorer ignores padding rows).
     """
     s, t = _by_id(student), _by_id(teacher)
-    for i in sorted(s):
-        if t.get(i) != s[i]:
-            theirs = repr(t[i]) if i in t else "no token"
-            raise VocabMismatchError(
-                f"student and teacher vocabularies differ at id {i}: student {s[i]!r} vs teacher {theirs} "
-                f"(teacher {teacher_name}; student has {len(s)} tokens, teacher {len(t)})",
-                fix="OPD needs a teacher with the student's tokenizer (the same token -> id map); pick a teacher "
-                "from the student's model family (cross-tokenizer alignment is not supported yet)",
-            )
-    extra = sorted(set(t) - set(s))
+    differ, extra = vocab_diff(student, teacher)
+    if differ:
+        i = differ[0]
+        theirs = repr(t[i]) if i in t else "no token"
+        raise VocabMismatchError(
+            f"student and teacher vocabularies differ at id {i}: student {s[i]!r} vs teacher {theirs} "
+            f"(teacher {teacher_name}; student has {len(s)} tokens, teacher {len(t)})",
+            fix=SAME_TOKENIZER_FIX,
+        )
     if extra:
         return [
             f"teacher {teacher_name} has {len(extra)} token(s) the student lacks (ids {extra[0]}..{extra[-1]}); "

@@ -27,3 +27,14 @@ def cli(*args) -> Run:
         else:  # pragma: no cover - main() must always exit
             raise AssertionError("main() returned instead of calling sys.exit")
     return Run(code, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_error(run: Run, *needles: str) -> None:
+    """Exit 2, a line starting 'error: ' (the problem) and one starting 'fix: ', every needle, no traceback."""
+    assert run.code == 2, (run.code, run.err)
+    lines = run.err.strip().splitlines()
+    assert any(line.startswith("error: ") for line in lines), run.err
+    assert any(line.startswith("fix: ") for line in lines), run.err
+    assert "Traceback" not in run.err, run.err
+    for n in needles:
+        assert n in run.err, (n, run.err)

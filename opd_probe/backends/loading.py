@@ -106,3 +106,141 @@ def _check_hub_reachable(model_id: str, role: str, timeout: float = 3.0) -> None
 def first_line(e: Exception) -> str:
     s = str(e).strip().splitlines()
     return s[0] if s else type(e).__name__
+
+
+# ------------------------------------------------------------------------------------------------ facts, no weights
+# What `opd-probe check` and the fail-fast checks read: config.json as written, the weights' safetensors headers
+# (shapes and dtypes, never the tensors), the tokenizer's special tokens and its chat template's end of turn.
+
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                           "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U16": 2, "U32": 4, "U64": 8}
+_HEADER_LIMIT = 100 * 2**20  # the safetensors format caps the JSON header at 100 MB
+
+
+def read_config_dict(path: str, spec: ModelSpec, role: str) -> dict:
+    """config.json as written (no transformers: a config with unknown or missing model_type still reads). A hub id
+    goes through AutoConfig (which downloads the config only)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return load_config(path, spec, role).to_dict()
+    f = folder / "config.json"
+    if not f.is_file():
+        raise ModelLoadError(f"{role} model folder {path} has no config.json",
+                             fix="pass the folder a model was saved to (save_pretrained writes config.json)")
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{f} is not valid JSON: {e}",
+                             fix="restore config.json from the model's source (it may be truncated)") from e
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{f} holds a {type(cfg).__name__}, not a JSON object",
+                             fix="restore config.json from the model's source")
+    return cfg
+
+
+def text_config_dict(cfg: dict) -> dict:
+    """The language model's part of a config (multimodal configs nest it under text_config)."""
+    inner = cfg.get("text_config")
+    return {**cfg, **inner} if isinstance(inner, dict) else cfg
+
+
+def safetensors_header(file: Path) -> dict:
+    """The JSON header of one .safetensors file (tensor name -> dtype, shape, offsets): the first 8 + n bytes only.
+    Raises ValueError when the file is not a complete safetensors file."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{size} bytes: too short for a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > _HEADER_LIMIT or 8 + n > size:
+            raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"unreadable header ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"truncated: the header describes {8 + n + end} bytes, the file has {size}")
+    return header
+
+
+def weights_summary(path: str) -> dict:
+    """Parameter count and bytes of a local model folder's weights, from the safetensors headers alone.
+
+    Returns {"files", "parameters", "bytes", "dtypes", "source"}; "problem" (and no counts) when the weights are
+    missing or a file is corrupt; {"source": None} for a hub id (nothing local to read)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return {"source": None}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        other = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf", ".h5"))
+        if other:
+            return {"source": "other", "files": other}
+        return {"source": None, "files": [], "problem": "no weight files (*.safetensors or *.bin)"}
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            wanted = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError) as e:
+            return {"source": "safetensors", "files": [f.name for f in files],
+                    "problem": f"{index.name} is not a valid index ({first_line(e)})"}
+        missing = sorted(wanted - {f.name for f in files})
+        if missing:
+            return {"source": "safetensors", "files": [f.name for f in files],
+                    "problem": f"shards named in {index.name} are missing: {', '.join(missing[:3])}"}
+        files = [f for f in files if f.name in wanted]
+    params, nbytes, dtypes = 0, 0, {}
+    for f in files:
+        try:
+            header = safetensors_header(f)
+        except (OSError, ValueError) as e:
+            return {"source": "safetensors", "files": [p.name for p in files], "problem": f"{f.name}: {e}"}
+        for name, t in header.items():
+            if name == "__metadata__" or not isinstance(t, dict):
+                continue
+            n = 1
+            for d in t.get("shape", []):
+                n *= int(d)
+            params += n
+            nbytes += n * SAFETENSORS_DTYPE_BYTES.get(t.get("dtype"), 4)
+            dtypes[t.get("dtype")] = dtypes.get(t.get("dtype"), 0) + n
+    return {"source": "safetensors", "files": [f.name for f in files], "parameters": params, "bytes": nbytes,
+            "dtypes": dtypes}
+
+
+def special_tokens_of(tokenizer) -> dict:
+    """bos / eos / pad as (token, id); None where the tokenizer has none."""
+    out = {}
+    for name in ("bos", "eos", "pad"):
+        tok, tid = getattr(tokenizer, f"{name}_token", None), getattr(tokenizer, f"{name}_token_id", None)
+        out[name] = (str(tok), int(tid)) if tok is not None and isinstance(tid, int) else None
+    return out
+
+
+_TURN_PROBE = "OPDPROBEREPLY"
+
+
+def turn_end_of(tokenizer) -> tuple[str, int] | None:
+    """The token the chat template writes right after an assistant message (its end of turn), from a rendering of
+    a two-turn conversation: ``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3. None when the tokenizer has no
+    chat template, the template writes nothing after the reply, or it cannot render the conversation."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _TURN_PROBE}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that rejects this conversation has no end of turn we can read
+        return None
+    i = text.rfind(_TURN_PROBE)
+    tail = text[i + len(_TURN_PROBE):] if i >= 0 else ""
+    if not tail.strip():
+        return None
+    ids = tokenizer.encode(tail.lstrip(" "), add_special_tokens=False)
+    if not ids:
+        return None
+    return tokenizer.convert_ids_to_tokens(ids[0]), int(ids[0])

@@ -29,6 +29,7 @@ from ..thresholds import Thresholds
 from ..types import Novelty, PairResult, ProbeResults, Rollout
 from ..verdict import decide, rank_key
 from . import evidence
+from .preflight import fail_fast
 from .inputs import StudentSide, fresh_student_side, probe_prompts, reused_student_side
 from .renderings import score_templates
 from .stages import NullProgress, Progress, environment, free_model, load_teacher, model_spec, state_metrics
@@ -53,6 +54,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     check_backend(cfg.score_backend_used, "--score-backend" if cfg.score_backend else "--backend")
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     prompts = probe_prompts(cfg)  # validate before loading any model
+    pre_warnings = fail_fast(cfg, cfg.student, cfg.teachers, prompts)  # configs and tokenizers only, no weights
     out = OutDir(cfg.out)
     out.prepare(cfg.to_dict(), resume=cfg.resume, overwrite=cfg.overwrite,
                 numbers_key=lambda d: ProbeConfig.from_dict(d).numbers_key())
@@ -71,7 +73,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
         pairs = _with_grad_norms(model_spec(cfg.student, cfg), cfg.score_batch_tokens, pairs, student.rollouts,
                                  student.scores, teacher_arrays, progress)
     dist = novelty.distinguishability(student.scores.topk_ids_LK, teacher_arrays) if len(teacher_arrays) > 1 else None
-    warnings = _distinguishability_warnings(dist, scored)
+    warnings = pre_warnings + _distinguishability_warnings(dist, scored)
     pairs = _with_verdicts(pairs, thresholds, dist, {s.pair.teacher: s.template_differs for s in scored})
     ranking = tuple(p.teacher for p in sorted(pairs, key=lambda p: rank_key(
         p.verdict.status, _means(p), p.novelty.continuation)))

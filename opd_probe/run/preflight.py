@@ -1,0 +1,199 @@
+"""Preflight: read what can be known about the models without loading a weight (config.json, the safetensors
+headers, tokenizers, chat templates, the machine) and turn it into findings (check.py). Used by `opd-probe check`
+and, as the first step, by compare, verify and select-prompts (fail fast: an error stops the run before any
+weight loads; warnings join the run's warnings). docs/check.md lists every check.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import replace
+from typing import Sequence
+
+from .. import check
+from ..backends.base import ModelSpec
+from ..backends.loading import (context_length_of, eos_ids_of, load_tokenizer, read_config_dict, resolve_model_path,
+                                special_tokens_of, text_config_dict, turn_end_of, weights_summary)
+from ..check import DeviceFacts, Finding, ModelFacts, Plan
+from ..errors import InputError, ModelLoadError, ProbeError, VocabMismatchError
+from ..types import ProbePrompt
+
+# The prompt the renderings are compared on when no prompt file is given.
+EXAMPLE_PROMPT = ProbePrompt(id="example", index=0, messages=(("user", "What is 12 + 30? Answer with a number."),))
+# Findings the runs report themselves, in their own words: not repeated among the run's warnings.
+REPORTED_BY_THE_RUN = {"vocab"}
+
+
+def plan_of(cfg, prompts_given: bool) -> Plan:
+    """A Plan from a run config (ProbeConfig, SelectConfig, VerifyConfig): the fields it has are used."""
+    backend = getattr(cfg, "score_backend_used", None) or getattr(cfg, "backend", "hf")
+    names = ("max_new_tokens", "top_k", "vllm_logprobs", "chat_template", "template", "dtype", "device",
+             "device_map", "batch_size", "trust_remote_code")
+    return Plan(backend=backend, prompts_given=prompts_given,
+                **{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+
+
+# ------------------------------------------------------------------------------------------------ reading facts
+def device_facts(requested: str = "auto", backend: str = "hf") -> DeviceFacts:
+    """The device a run would use and its memory: CUDA device memory when present (free and total), else RAM."""
+    import torch
+
+    vllm = importlib.util.find_spec("vllm") is not None
+    cuda = torch.cuda.is_available()
+    if cuda and (requested == "auto" or requested.startswith("cuda")):
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        free, total = torch.cuda.mem_get_info(index)
+        return DeviceFacts("cuda", torch.cuda.get_device_name(index), total, free, True,
+                           bool(torch.cuda.is_bf16_supported()), requested, vllm)
+    total, free = _ram()
+    return DeviceFacts("cpu", "CPU", total, free, cuda, True, requested, vllm)
+
+
+def _ram() -> tuple[int | None, int | None]:
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return int(vm.total), int(vm.available)
+    except ImportError:  # pragma: no cover - psutil ships with the dev environment; /proc/meminfo elsewhere
+        try:
+            info = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+            kib = lambda k: int(info[k].split()[0]) * 1024  # noqa: E731
+            return kib("MemTotal"), kib("MemAvailable")
+        except (OSError, KeyError, ValueError):
+            return None, None
+
+
+def _model_type_known(model_type: str | None) -> bool:
+    if not model_type:
+        return False
+    from transformers import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
+
+
+def _render(tokenizer, prompts: Sequence[ProbePrompt], chat: bool) -> tuple[tuple, str | None, str | None]:
+    """(token ids of every prompt, the first prompt's rendered text, why rendering failed)."""
+    from ..prompts import render_prompt_ids
+
+    if chat and not getattr(tokenizer, "chat_template", None):
+        return (), None, None
+    rendered = []
+    try:
+        for p in prompts:
+            rendered.append(tuple(render_prompt_ids(tokenizer, p, use_chat_template=chat)))
+    except InputError as e:
+        return (), None, e.message
+    first = prompts[0]
+    text = tokenizer.apply_chat_template(first.as_messages(), tokenize=False, add_generation_prompt=True) if chat \
+        else tokenizer.decode(render_prompt_ids(tokenizer, first, use_chat_template=False))
+    return tuple(rendered), text, None
+
+
+def model_facts(name: str, role: str, plan: Plan, prompts: Sequence[ProbePrompt]) -> ModelFacts:
+    """Everything the checks need about one model; raises ModelLoadError when its folder, config or tokenizer
+    cannot be read at all. Reads no weight."""
+    from transformers.utils import logging as hf_logging
+
+    spec = ModelSpec(path=name, trust_remote_code=plan.trust_remote_code)
+    path = resolve_model_path(spec, role)
+    raw = read_config_dict(path, spec, role)
+    cfg = text_config_dict(raw)
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "sequence longer than the maximum" is what the context check reports
+    try:
+        tokenizer = load_tokenizer(path, spec, role)
+        rendered, text, error = _render(tokenizer, prompts, plan.chat_template)
+    finally:
+        hf_logging.set_verbosity(before)
+    gen = _generation_config(path)
+    ctx = context_length_of(_Attrs(cfg))
+    return ModelFacts(
+        name=name, role=role, path=path, config=cfg, vocab=tokenizer.get_vocab(), specials=special_tokens_of(tokenizer),
+        eos_ids=tuple(eos_ids_of(tokenizer, gen)), turn_end=turn_end_of(tokenizer),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        model_type_known=_model_type_known(raw.get("model_type")), weights=weights_summary(path), context_length=ctx,
+        rendered=rendered, example_text=text, tokenizer_class=type(tokenizer).__name__,
+        render_error=f"{role} {name}: {error}" if error else None,
+    )
+
+
+class _Attrs:
+    """Attribute access over a config dict (context_length_of reads attributes)."""
+
+    def __init__(self, d: dict):
+        self.__dict__.update(d)
+
+
+def _generation_config(path: str):
+    f = os.path.join(path, "generation_config.json")
+    if not os.path.isfile(f):
+        return None
+    import json
+
+    try:
+        return _Attrs(json.loads(open(f, encoding="utf-8").read()))
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+def findings(student: str, teachers: Sequence[str], plan: Plan, prompts: Sequence[ProbePrompt] | None = None,
+             device: DeviceFacts | None = None) -> list[Finding]:
+    """Every preflight finding for the student and each teacher. A model that cannot be read at all gives one error
+    finding (the others are still checked)."""
+    given = list(prompts or [])
+    used = given or [EXAMPLE_PROMPT]
+    user = next((m["content"] for m in reversed(used[0].as_messages()) if m["role"] == "user"), "")
+    plan = replace(plan, prompts_given=bool(given), example_user_text=user)
+    device = device or device_facts(plan.device, plan.backend)
+    out = check.run_findings(plan, device)
+    labels = [f"{p.id!r} (line/row {p.index + 1})" for p in used]
+    facts: dict[str, ModelFacts | None] = {}
+    for name, role in [(student, "student")] + [(t, "teacher") for t in teachers]:
+        if name in facts:
+            continue
+        try:
+            facts[name] = m = model_facts(name, role, plan, used)
+        except ProbeError as e:
+            facts[name] = None
+            out.append(Finding("error", "load", e.message, e.fix, name, None if role == "student" else name))
+            continue
+        found = check.model_findings(m, plan, device, labels)
+        if role == "teacher":
+            found = [Finding(f.level, f.code, f.message, f.fix, f.model, name, f.details) for f in found]
+        out.extend(found)
+    s = facts.get(student)
+    for t in teachers:
+        if s is not None and facts.get(t) is not None:
+            tf = facts[t]
+            if t == student:
+                tf = replace(tf, role="teacher")
+            out.extend(check.pair_findings(s, tf, plan))
+    return out
+
+
+_ERROR_CLASS = {"vocab": VocabMismatchError, "load": ModelLoadError, "weights": ModelLoadError,
+                "config": ModelLoadError, "head": ModelLoadError, "remote-code": ModelLoadError}
+
+
+def fail_fast(cfg, student: str, teachers: Sequence[str], prompts: Sequence[ProbePrompt] | None = None) -> list[str]:
+    """The start of compare / verify / select-prompts: raise the first error finding as the error the run would
+    have hit later (after loading weights and sampling); return the warnings, for the run's own warnings.
+
+    A preflight that breaks on something unforeseen (not a finding: a bug, an odd tokenizer) must not stop a run
+    that would work: it becomes one warning."""
+    try:
+        found = findings(student, teachers, plan_of(cfg, bool(prompts)), prompts)
+    except ProbeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return [f"preflight checks skipped ({type(e).__name__}: {e}); opd-probe check --debug shows why"]
+    errors = [f for f in found if f.level == "error"]
+    if errors:
+        e = errors[0]
+        more = f" (and {len(errors) - 1} more: opd-probe check lists them all)" if len(errors) > 1 else ""
+        raise _ERROR_CLASS.get(e.code, InputError)(e.message + more, fix=e.fix)
+    return [f"preflight: {f.message} ({f.fix})" if f.fix else f"preflight: {f.message}"
+            for f in found if f.level == "warn" and f.code not in REPORTED_BY_THE_RUN]
