@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from clirun import cli
+from clirun import assert_error, cli
 
 from opd_probe import backends, metrics
 from opd_probe.backends import vllm as vb
@@ -29,12 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_PROMPTS = REPO / "sample_prompts" / "tiny.jsonl"
 TINIEST = ["--samples", "1", "--max-new-tokens", "2", "--limit", "1", "--quiet"]
 
-
-def assert_error(run, *needles):
-    assert run.code == 2, (run.code, run.err)
-    assert "error:" in run.err and "fix:" in run.err and "Traceback" not in run.err, run.err
-    for n in needles:
-        assert n in run.err.replace("\n", " "), (n, run.err)
 
 
 # ------------------------------------------------------------------------------------------------ top-K' estimates

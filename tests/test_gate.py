@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clirun import Run, cli  # noqa: F401
+from clirun import Run, assert_error, cli  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,12 +39,6 @@ def results_json(out) -> dict:
 def verdict(doc: dict, teacher) -> dict:
     return next(p["verdict"] for p in doc["pairs"] if p["teacher"] == str(teacher))
 
-
-def assert_error(run: Run, *needles: str) -> None:
-    assert run.code == 2, (run.code, run.err)
-    assert "error:" in run.err and "Traceback" not in run.err, run.err
-    for n in needles:
-        assert n in run.err, (n, run.err)
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -200,7 +200,7 @@ def test_csv_header_only_is_empty(tmp_path):
 
 
 def test_parquet_round_trip(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     p = tmp_path / "p.parquet"
     pd.DataFrame(
         {
@@ -217,14 +217,14 @@ def test_parquet_round_trip(tmp_path):
 
 
 def test_parquet_json_string_messages_and_int_ids(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     p = tmp_path / "p.parquet"
     pd.DataFrame({"id": [10, 11], "messages": [json.dumps([{"role": "user", "content": "x"}])] * 2}).to_parquet(p)
     assert [(x.id, x.messages) for x in load_prompts(p)] == [("10", (("user", "x"),)), ("11", (("user", "x"),))]
 
 
 def test_parquet_errors_name_row(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     p = tmp_path / "p.parquet"
     pd.DataFrame({"prompt": ["ok", None], "answer": ["1", "2"]}).to_parquet(p)
     expect_error(p, "row 2", "neither")
@@ -315,7 +315,6 @@ def test_generator_is_deterministic_and_matches_shipped_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

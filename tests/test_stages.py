@@ -1,6 +1,6 @@
 """The shared orchestration stages (opd_probe/run/stages.py) that need no model: batching, sampling settings, the
-Progress protocol. The stages that load models are exercised end to end by test_cli, test_gate, test_recipe_compare
-and test_select_prompts."""
+Progress protocol. The stages that load models are exercised end to end by test_cli, test_gate, test_renderings
+and test_select."""
 
 from __future__ import annotations
 

@@ -6,12 +6,10 @@ import json
 import math
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tiny_models
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 TEXTS = [
     "Question: What is 12 + 7? Answer:",

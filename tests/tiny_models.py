@@ -31,14 +31,10 @@ This module does not import torch/transformers at import time, so ``conftest`` s
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -70,7 +66,6 @@ CHAT_TEMPLATE = (
 
 # SmolLM2 lives in the package (the demo uses it too); re-exported here for the tests.
 from opd_probe.lab.smollm2 import (  # noqa: E402,F401
-    SMOLLM2_VOCAB,
     default_cache_dir,
     smollm2_available,
     smollm2_dir,

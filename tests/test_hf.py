@@ -1,4 +1,4 @@
-"""The chunked scorer against the model's own full logits, per architecture; sampling edge cases."""
+"""backends/hf.py: the chunked scorer against the model's own full logits, per architecture; sampling edge cases."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""compare --template and --plan-* (issue 8): the same student states scored after the student's and the
+"""run/renderings.py through compare --template, and --plan-*: the same student states scored after the student's and the
 teacher's own chat template, and the cost projection of a planned OPD run, in results.json and every report."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clirun import Run, cli
+from clirun import assert_error, cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,12 +36,6 @@ def with_template(src: Path, dst: Path, template: str | None) -> Path:
         (dst / "chat_template.jinja").write_text(template)
     return dst
 
-
-def assert_error(run: Run, *needles: str) -> None:
-    assert run.code == 2, (run.code, run.err)
-    assert "error:" in run.err and "fix:" in run.err and "Traceback" not in run.err, run.err
-    for n in needles:
-        assert n in run.err, (n, run.err)
 
 
 @pytest.fixture(scope="module")

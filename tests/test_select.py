@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clirun import Run, cli
+from clirun import Run, assert_error, cli
 
 from opd_probe import selection
 
@@ -42,12 +42,6 @@ def select(student, teacher, pool, out, *extra) -> Run:
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
-
-def assert_error(run: Run, *needles: str) -> None:
-    assert run.code == 2, (run.code, run.err)
-    assert "error:" in run.err and "fix:" in run.err and "Traceback" not in run.err, run.err
-    for n in needles:
-        assert n in run.err, (n, run.err)
 
 
 @pytest.fixture(scope="module")
