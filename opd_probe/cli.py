@@ -494,7 +494,7 @@ def demo(
 
 
 def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
-    from .lab.demo import ground_truth, prediction_rows, zoo_configs
+    from .lab.demo import ground_truth, prediction_rows, scorecard, zoo_configs
     from .run.probe import run_probe
     from .report.console import RichProgress, print_prediction_table, print_results
     from .report.html import write_html
@@ -516,7 +516,7 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
     if json_out:
         sys.stdout.write(dumps({"runs": [r.to_dict() for r in results], "predictions": rows}) + "\n")
     else:
-        print_prediction_table(rows, stdout)
+        print_prediction_table(rows, stdout, scorecard(rows))
     stderr.print(f"[dim]wrote {', '.join(c.out for c in configs)} and {html} "
                  f"({size / 1024:.0f} KiB)[/dim]")
     return EXIT_OK

@@ -154,3 +154,19 @@ def test_shipped_prompt_sets_are_what_the_builder_writes(tmp_path):
                for name in ("train", "probe", "heldout-hard", "heldout-easy")}
     assert len(prompts["probe"]) == 64
     assert not prompts["probe"] & (prompts["train"] | prompts["heldout-hard"] | prompts["heldout-easy"])
+
+
+def test_demo_scorecard_puts_the_trivial_predictors_beside_the_verdict():
+    from opd_probe.lab.demo import scorecard
+
+    def row(verdict, works):
+        return {"verdict": verdict, "measured": None if works is None else {"works": works}}
+
+    card = scorecard([row("go", True), row("caution", False), row("go", False), row("no-go", False),
+                      row("go", None)])  # the unmeasured pair does not count
+    assert card["pairs"] == 4 and card["working"] == 1
+    p = card["predictors"]
+    assert p["verdict"]["right"] == 3 and p["always warn"]["right"] == 3 and p["always go"]["right"] == 1
+    # verdict: TPR 1, TNR 2/3 -> 5/6; both constants 0.5
+    assert p["verdict"]["balanced_accuracy"] == pytest.approx(5 / 6)
+    assert p["always warn"]["balanced_accuracy"] == p["always go"]["balanced_accuracy"] == 0.5

@@ -99,3 +99,19 @@ def prediction_rows(results: list, truth: dict | None) -> list[dict]:
                 "agrees": None if m is None else calibration_agrees(status, m["works"]),
             })
     return rows
+
+
+def scorecard(rows: list[dict]) -> dict:
+    """The verdict's score on the measured pairs beside the trivial predictors' on the same pairs: a verdict is
+    only as good as its margin over "always warn" and "always go" (docs/zoo.md). GO counts as predicting that OPD
+    works; CAUTION and NO-GO as a warning."""
+    from .validation import balanced_accuracy
+
+    m = [r for r in rows if r["measured"] is not None]
+    works = [r["measured"]["works"] for r in m]
+    predictors = {"verdict": [r["verdict"] == "go" for r in m], "always warn": [False] * len(m),
+                  "always go": [True] * len(m)}
+    return {"pairs": len(m), "working": sum(works),
+            "predictors": {name: {"right": sum(p == w for p, w in zip(pred, works)),
+                                  "balanced_accuracy": balanced_accuracy(pred, works)}
+                           for name, pred in predictors.items()}}

@@ -247,7 +247,10 @@ def print_selection(doc: dict, stdout: Console, stderr: Console) -> None:
         stderr.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
-def print_prediction_table(rows: list[dict], stdout: Console) -> None:
+MIN_RARER_OUTCOME = 5
+
+
+def print_prediction_table(rows: list[dict], stdout: Console, scorecard: dict | None = None) -> None:
     """The demo's closing table: each verdict beside the OPD outcome measured on the same pair (demo.prediction_rows)."""
     t = Table(title="probe verdict vs. real OPD on the same pair (docs/zoo.md)", header_style="bold",
               caption="measured: held-out hard accuracy before → after OPD, per OPD seed; OPD works when every seed "
@@ -265,3 +268,17 @@ def print_prediction_table(rows: list[dict], stdout: Console) -> None:
         outcome = f"{label}: {m['hard_before']:.2f} → {after}, mean Δ {m['delta']:+.3f} (teacher {m['teacher_hard']:.2f})"
         t.add_row(r["pair"], verdict, outcome, "[green]right[/green]" if r["agrees"] else "[red]wrong[/red]")
     stdout.print(t)
+    if scorecard and scorecard["pairs"]:
+        n = scorecard["pairs"]
+        parts = [f"{name} {p['right']}/{n} (balanced accuracy {fmt(p['balanced_accuracy'], 2)})"
+                 for name, p in scorecard["predictors"].items()]
+        p, rarer = scorecard["predictors"], min(scorecard["working"], n - scorecard["working"])
+        lead = p["verdict"]["balanced_accuracy"] > max(p["always warn"]["balanced_accuracy"],
+                                                       p["always go"]["balanced_accuracy"])
+        # MIN_RARER_OUTCOME pairs of each outcome before a margin counts: a convention, not a measured bar
+        enough = rarer >= MIN_RARER_OUTCOME
+        stdout.print(f"right on the {n} measured pairs ({scorecard['working']} work): " + "; ".join(parts)
+                     + f". The verdict {'leads' if lead else 'does not lead'} the constant predictors on balanced "
+                     f"accuracy; with {rarer} pair(s) of the rarer outcome that is "
+                     + ("evidence on these pairs only" if enough else "not yet evidence") + " (docs/zoo.md).",
+                     highlight=False)
