@@ -45,6 +45,15 @@ def ci_range(e, digits: int = 3) -> str:
     return f"{fmt(e.ci_low, digits - 1)}–{fmt(e.ci_high, digits - 1)}"
 
 
+def interval(mean: Any, low: Any = None, high: Any = None, digits: int = 3, *, sign: bool = False) -> str:
+    """A mean and its interval, "0.450 [0.400, 0.500]" (every number by ``fmt``); the bracket is left out when
+    both bounds are missing (e.g. one seed: no interval over seeds)."""
+    head = fmt(mean, digits, sign=sign)
+    if num(low) is None and num(high) is None:
+        return head
+    return f"{head} [{fmt(low, digits, sign=sign)}, {fmt(high, digits, sign=sign)}]"
+
+
 def gains(continuation) -> str:
     """Continuation gains (types.ContinuationGain) as "+0.12@0, -0.03@64" (gain at prefix depth); the ones without
     a number are left out."""
