@@ -1,7 +1,7 @@
 """What every report format shows, as plain strings and rows: the console (console.py), Markdown (markdown.py) and
 HTML (html.py) render these. No rich, no IO.
 
-- ``fmt``: the one number formatter ("–" for a missing value);
+- ``fmt``: the one number formatter ("–" for a missing value); ``interval`` and ``ci_range`` build on it;
 - ``COLUMNS``: one column per metric of ``metrics.METRICS`` (header words, higher-is-better arrow), and the
   column lists of each table, picked from it;
 - display strings of template comparisons, cost plans and prompt selections.
