@@ -232,3 +232,13 @@ def test_an_old_verify_json_renders_as_recorded_with_a_note(tmp_path):
             assert n.lower() in text.lower(), (name, n)
         assert "teacher − control" not in text
     assert {"run0-criteria", "run0-fig-steps", "run0-fig-acc"} <= r["ids"]
+
+
+def test_without_eval_prompts_the_verdict_says_why_and_no_arm_table_is_shown():
+    cfg = VerifyConfig(student="s", teacher="t", out="x", prompts=PROMPTS, steps=40)
+    baseline = {"phase": "before", "step": 0, "target": None, "retain": None}
+    rec = record("teacher", 0, np.ones(3), np.ones(3), cfg.steps) | {"evals": []}
+    doc = computed_doc(0.6, 0.5) | {"experiment": summarise(cfg, baseline, [rec], [], None), "config": cfg.to_dict()}
+    v = verify_view(doc)
+    assert v.verdict == ex.INCONCLUSIVE and "no eval prompts with answers" in v.reasons[0]
+    assert v.arm_rows == () and v.comparison_rows == () and v.power is None

@@ -91,6 +91,8 @@ def _arm_rows(exp: dict, doc: dict) -> tuple[tuple[str, ...], ...]:
     curves, acc, gap = exp.get("curves") or {}, exp.get("accuracy") or {}, exp.get("gap_recovery") or {}
     n_seeds = {arm: len((doc.get("arms") or {}).get(arm) or []) for arm in ("teacher", "control")}
     before_retain = _first_point(curves, "retain")
+    if acc.get("baseline") is None and not before_retain:
+        return ()  # no --eval-prompts and no --retain-prompts: no accuracy to show
     rows = []
     for arm, label in ARM_ORDER:
         if arm == "baseline":
