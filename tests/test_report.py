@@ -165,9 +165,10 @@ def test_compare_report_has_every_section(runs):
 def test_report_with_verify_dir_has_both_sections(html_both):
     page = Page(html_both)
     assert set(COMPARE_SECTIONS) <= page.ids
-    assert {"run1-header", "run1-outcome", "run1-criteria", "run1-fig-steps", "run1-fig-acc"} <= page.ids
+    assert {"run1-header", "run1-outcome", "run1-arms", "run1-comparisons", "run1-cold-start", "run1-fig-steps",
+            "run1-fig-arms"} <= page.ids
     text = " ".join(page.text)
-    assert "Runs in this report" in text and "Observed outcome" in text and "overlap ratio rises" in text
+    assert "Runs in this report" in text and "Verdict: inconclusive" in text and "teacher − baseline" in text
     assert set(page.links) <= page.ids
 
 
@@ -296,13 +297,13 @@ def test_md_with_a_verify_dir(runs, tmp_path):
     assert cli("report", runs.compare, runs.verify, "--md", f).code == 0
     md = f.read_text(encoding="utf-8")
     v = json.loads((runs.verify / "verify.json").read_text())
-    assert md.count("**Run `") == 2 and "opd-probe verify" in md and f"outcome **{v['outcome']}**" in md
+    assert md.count("**Run `") == 2 and "opd-probe verify" in md and f"Verdict: {v['outcome']}**" in md
 
 
 def test_console_and_json(runs):
     run = cli("report", runs.compare, runs.verify)
     assert run.code == 0, run.err
-    assert "overlap" in run.out and "observed outcome" in run.out
+    assert "overlap" in run.out and "verdict: inconclusive" in run.out
     run = cli("report", runs.compare, runs.verify, "--json")
     docs = json.loads(run.out)
     assert docs[0] == json.loads((runs.compare / "results.json").read_text())

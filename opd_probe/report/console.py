@@ -12,6 +12,7 @@ from ..types import ProbeResults
 from .view import (CONSOLE_RANKING, SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, ci_range, fmt, gains,
                    plan_rows, plan_title, selection_cells, selection_deltas, selection_headline, short_names,
                    template_summary)
+from .verifyview import ARM_HEADERS, COLD_START_HEADERS, COMPARISON_HEADERS, LEGACY_HEADERS, verify_view
 
 
 _STATUS = {"go": ("GO", "bold green"), "caution": ("CAUTION", "bold yellow"), "no-go": ("NO-GO", "bold red")}
@@ -156,37 +157,51 @@ def print_results(results: ProbeResults, stdout: Console, stderr: Console) -> No
             stderr.print(f"[yellow]warning ({p.teacher}):[/yellow] {w}")
 
 
+VERDICT_STYLE = {"go": "bold green", "caution": "bold yellow", "no-go": "bold red"}
+
+
+def _rows_table(headers, rows, title: str | None = None, caption: str | None = None) -> Table:
+    """A plain table of display strings (the first column left-aligned, the others right-aligned)."""
+    t = Table(title=title, caption=caption, header_style="bold")
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
+        t.add_row(*(escape(c) for c in row))
+    return t
+
+
 def print_verify(result, stdout: Console) -> None:
-    """Outcome of a verify run: step-0 probe metrics, criteria, accuracy, and the observed outcome."""
-    c = result.criteria
-    t = Table(title=f"verify: {result.config['student']} <- {result.config['teacher']} "
-                    f"({result.config['steps']} OPD steps, loss={result.config['loss']})", header_style="bold")
-    t.add_column("criterion")
-    t.add_column("first steps", justify="right")
-    t.add_column("last steps", justify="right")
-    t.add_column("result")
-    ok = lambda b: "[green]pass[/green]" if b else "[red]fail[/red]"  # noqa: E731
-    t.add_row("overlap ratio rises", f"{c['overlap_first']:.3f}", f"{c['overlap_last']:.3f}",
-              "n/a (k = vocabulary)" if c["overlap_rises"] is None else ok(c["overlap_rises"]))
-    t.add_row("top-k reverse KL falls", f"{c['kl_first']:.3f}", f"{c['kl_last']:.3f}", ok(c["kl_falls"]))
-    if "accuracy" in c:
-        t.add_row("held-out accuracy (noise ±%.3f)" % c["accuracy_noise"], f"{c['accuracy_start']:.3f}",
-                  f"{c['accuracy_end']:.3f}", {"improves": "[green]improves[/green]", "flat": "flat",
-                                                "drops": "[red]drops[/red]"}[c["accuracy"]])
-    stdout.print(t)
-    s0 = result.step0
-    stdout.print(f"probe at step 0 (first batch, before any update): overlap {s0['overlap_ratio']:.3f}, mass "
-                 f"{s0['overlap_mass_student']:.3f}, entropy gap {s0['entropy_gap']:.3f}, top-k KL "
-                 f"{s0['topk_reverse_kl']:.3f}, grad norm {s0['grad_norm']:.3g}")
-    if result.teacher_accuracy:
-        gr = result.gap_recovery
-        stdout.print(f"teacher accuracy {result.teacher_accuracy['accuracy']:.3f}; gap recovery "
-                     f"{'–' if gr is None else f'{gr:.2f}'}")
-    verdict = "[green]PASSED[/green]" if c["passed"] else "[red]FAILED[/red]"
-    if result.prediction:
-        codes = sorted({r["code"] for r in result.prediction["reasons"]}) or ["no reasons"]
-        stdout.print(f"probe predicted: {STATUS_STYLE[result.prediction['status']]} ({', '.join(codes)})")
-    stdout.print(f"observed outcome: [bold]{result.outcome}[/bold]; success criteria {verdict}")
+    """A verify run (a VerifyResult or the verify.json dict), verdict first: its reasons and power estimate, the
+    arms, the paired comparisons, the prediction beside the outcome, the cold start, trends and notes."""
+    v = verify_view(result if isinstance(result, dict) else result.to_dict())
+    say = lambda text: stdout.print(text, highlight=False)  # noqa: E731
+    say(f"[{VERDICT_STYLE[v.tone]}]{escape(v.verdict_line)}[/]  [dim]{escape(v.student)} <- {escape(v.teacher)}[/dim]")
+    for r in v.reasons:
+        say(f"  {escape(r)}")
+    if v.power:
+        say(f"  [yellow]{escape(v.power)}[/yellow]")
+    if v.prediction_line:
+        say(f"probe predicted {STATUS_STYLE[v.prediction_status]} {escape(v.prediction_line)}")
+    say(f"[dim]{escape(v.settings)}[/dim]")
+    if v.legacy:
+        stdout.print(_rows_table(LEGACY_HEADERS, v.legacy_rows))
+        say(f"probe at step 0 (first batch, before any update): {escape(v.step0)}")
+        if v.teacher_accuracy:
+            say(f"teacher accuracy {v.teacher_accuracy}")
+    if v.arm_rows:
+        stdout.print(_rows_table(ARM_HEADERS, v.arm_rows, title="arms", caption=v.arm_caption))
+    if v.comparison_rows:
+        stdout.print(_rows_table(COMPARISON_HEADERS, v.comparison_rows, caption=v.seed_note,
+                                 title="paired comparisons (95% CI over problems and seeds)"))
+    if v.cold_start_rows:
+        say(escape(v.cold_start))
+        stdout.print(_rows_table(COLD_START_HEADERS, v.cold_start_rows))
+    if not v.legacy:
+        say(f"[dim]probe at step 0: {escape(v.step0)}[/dim]")
+    if v.trends:
+        say(f"[dim]{escape(v.trends)}[/dim]")
+    for n in v.notes:
+        say(f"[yellow]note:[/yellow] {escape(n)}")
 
 
 class RichProgress:

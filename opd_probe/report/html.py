@@ -25,9 +25,10 @@ from ..types import ProbeResults
 from . import plots
 from .runs import Run, load_runs, prompt_texts, read_states, read_tokens
 from .tokenview import token_views
-from .view import (DEPTH_METRICS, HTML_RANKING, SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, ci_range,
-                   criterion, fmt, gains, num, plan_rows, plan_title, selection_cells, selection_deltas,
-                   selection_headline, short_names, template_summary)
+from .verifyview import ARM_HEADERS, COLD_START_HEADERS, COMPARISON_HEADERS, LEGACY_HEADERS, curve_panels, verify_view
+from .view import (DEPTH_METRICS, HTML_RANKING, SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, ci_range, fmt,
+                   gains, num, plan_rows, plan_title, selection_cells, selection_deltas, selection_headline,
+                   short_names, template_summary)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_MAX_ROLLOUTS = 5
@@ -316,49 +317,44 @@ def _selection_section(run: Run, idx: int) -> dict:
     }
 
 
-def _verify_section(run: Run, idx: int) -> dict:
-    v = run.verify
-    cfg, c = v["config"], v["criteria"]
-    key = f"run{idx}"
-    crit = [
-        {"name": "overlap ratio rises", "first": fmt(c.get("overlap_first")), "last": fmt(c.get("overlap_last")),
-         "result": criterion(c.get("overlap_rises")), "label": None},
-        {"name": "top-k reverse KL falls", "first": fmt(c.get("kl_first")), "last": fmt(c.get("kl_last")),
-         "result": "pass" if c.get("kl_falls") else "fail", "label": None},
-    ]
-    if "accuracy" in c:
-        crit.append({"name": f"held-out accuracy (noise ±{fmt(c.get('accuracy_noise'))})",
-                     "first": fmt(c.get("accuracy_start")), "last": fmt(c.get("accuracy_end")),
-                     "result": {"improves": "pass", "flat": "flat", "drops": "fail"}.get(c["accuracy"], c["accuracy"]),
-                     "label": c["accuracy"]})
+def _verify_figures(v: dict, view, key: str) -> list[dict]:
+    """Arm curves side by side (a controlled-experiment run) or the held-out accuracy (an older run), and the
+    per-step metrics of the first teacher seed."""
     figs = []
+    panels = [] if view.legacy else curve_panels(v)
+    if panels:
+        figs.append({"id": f"{key}-fig-arms", "title": "Accuracy of each arm over OPD steps",
+                     "caption": "Mean over seeds at each evaluation, with the 95% t-interval over seeds as a band "
+                                "(none with one seed); dashed: the untouched student and the teacher model. An arm "
+                                "with a cold start starts from the cold-started student at step 0. The verdict uses "
+                                "the paired intervals in the table above, not these curves.",
+                     "src": _img(plots.verify_arm_curves(panels))})
     if v["steps"]:
-        figs.append({"id": f"{key}-fig-steps", "title": "Per-step metrics",
-                     "caption": "Probe metrics on each OPD step's own batch (before its update) and the gradient norm. "
-                                "Success needs overlap to rise and KL to fall "
-                                f"(first vs last {c.get('window_steps', '?')} step(s)).",
+        figs.append({"id": f"{key}-fig-steps", "title": "Per-step metrics (first teacher seed)",
+                     "caption": "Probe metrics on each OPD step's own batch (before its update) and the gradient norm; "
+                                "cold-start steps show their gradient norm. Descriptive: trends decide nothing.",
                      "src": _img(plots.verify_curves(v["steps"]))})
-    if v["evals"]:
+    if view.legacy and v["evals"]:
         figs.append({"id": f"{key}-fig-acc", "title": "Held-out accuracy",
                      "caption": "Accuracy on the --eval-prompts (± 1 standard error), with the teacher's for reference.",
                      "src": _img(plots.verify_accuracy(v["evals"], v.get("teacher_accuracy")))})
-    s0 = v.get("step0") or {}
-    env = v.get("environment") or {}
-    ta = v.get("teacher_accuracy")
+    return figs
+
+
+def _verify_section(run: Run, idx: int) -> dict:
+    v = run.verify
+    cfg = v["config"]
+    key = f"run{idx}"
+    view = verify_view(v)
     return {
-        "kind": "verify", "key": key, "label": run.label, "path": str(run.path),
-        "student": cfg.get("student"), "teacher": cfg.get("teacher"), "steps": cfg.get("steps"),
-        "loss": cfg.get("loss"), "lr": cfg.get("lr"), "cold_start": cfg.get("cold_start"),
-        "prompts": cfg.get("prompts"), "eval_prompts": cfg.get("eval_prompts"),
-        "batch": f"{cfg.get('batch_prompts')} prompts × {cfg.get('samples')} samples, k={cfg.get('top_k')}",
+        "kind": "verify", "key": key, "label": run.label, "path": str(run.path), "view": view,
+        "student": cfg.get("student"), "teacher": cfg.get("teacher"), "prompts": cfg.get("prompts"),
+        "eval_prompts": cfg.get("eval_prompts"), "retain_prompts": cfg.get("retain_prompts"),
         "created_at": v.get("created_at", ""), "tool_version": v.get("tool_version", "?"),
-        "versions": _library_versions(env),
-        "criteria": crit, "passed": bool(c.get("passed")), "outcome": v.get("outcome"),
-        "step0": [(m, fmt(s0.get(m), general=m == "grad_norm")) for m in (
-            "overlap_ratio", "overlap_mass_student", "entropy_gap", "topk_reverse_kl", "grad_norm") if m in s0],
-        "teacher_accuracy": fmt(ta.get("accuracy")) if ta else None,
-        "gap_recovery": fmt(v.get("gap_recovery"), 2) if v.get("gap_recovery") is not None else None,
-        "figs": figs,
+        "versions": _library_versions(v.get("environment") or {}),
+        "headers": {"arms": ARM_HEADERS, "comparisons": COMPARISON_HEADERS, "cold_start": COLD_START_HEADERS,
+                    "legacy": LEGACY_HEADERS},
+        "figs": _verify_figures(v, view, key),
     }
 
 
@@ -402,8 +398,8 @@ def render_html(runs: Sequence[Run], max_rollouts: int = DEFAULT_MAX_ROLLOUTS) -
                              "what": f"{s['student']} ← {s['teacher']}", "entries": [(s["headline"], "other")]})
         else:
             overview.append({"label": s["label"], "key": s["key"], "kind": "verify",
-                             "what": f"{s['student']} ← {s['teacher']}",
-                             "entries": [(s["outcome"], "go" if s["passed"] else "no-go")]})
+                             "what": f"{s['student']} ← {s['teacher']}", "entries": [(s["view"].verdict,
+                                                                                     s["view"].tone)]})
     template = _environment().get_template("report.html.j2")
     return template.render(
         sections=sections, overview=overview, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),

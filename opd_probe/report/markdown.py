@@ -7,8 +7,9 @@ from typing import Any, Sequence
 
 from ..types import ProbeResults
 from .runs import Run
-from .view import (SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, criterion, fmt, plan_rows, plan_title,
-                   selection_cells, selection_deltas, selection_headline, short_names, template_summary)
+from .verifyview import ARM_HEADERS, COLD_START_HEADERS, COMPARISON_HEADERS, LEGACY_HEADERS, verify_view
+from .view import (SELECTION_COLUMNS, SELECTION_SETS, TEMPLATE_METRICS, fmt, plan_rows, plan_title, selection_cells,
+                   selection_deltas, selection_headline, short_names, template_summary)
 
 STATUS_ICON = {"go": "✅ GO", "caution": "⚠️ CAUTION", "no-go": "⛔ NO-GO"}
 
@@ -139,20 +140,42 @@ def selection_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return (["| " + " | ".join(_md(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+            + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows])
+
+
+VERDICT_ICON = {"go": "✅", "caution": "⚠️", "no-go": "⛔"}
+
+
 def verify_markdown(run: Run) -> str:
-    v = run.verify
-    c, cfg = v["criteria"], v["config"]
-    lines = [f"## opd-probe verify: `{_md(cfg.get('student'))}` ← `{_md(cfg.get('teacher'))}`", "",
-             f"{cfg.get('steps')} OPD steps, loss={cfg.get('loss')} · outcome **{_md(v.get('outcome'))}** · "
-             f"success criteria **{'PASSED' if c.get('passed') else 'FAILED'}**", "",
-             "| criterion | first steps | last steps | result |", "|---|---|---|---|",
-             f"| overlap ratio rises | {fmt(c.get('overlap_first'))} | {fmt(c.get('overlap_last'))} | "
-             f"{criterion(c.get('overlap_rises'))} |",
-             f"| top-k reverse KL falls | {fmt(c.get('kl_first'))} | {fmt(c.get('kl_last'))} | "
-             f"{'pass' if c.get('kl_falls') else 'fail'} |"]
-    if "accuracy" in c:
-        lines.append(f"| held-out accuracy | {fmt(c.get('accuracy_start'))} | {fmt(c.get('accuracy_end'))} | "
-                     f"{_md(c['accuracy'])} |")
+    """A verify run: the verdict first (reasons, power), the arms, the paired comparisons, the prediction beside
+    the outcome, the cold start, trends and notes (report/verifyview.py)."""
+    v = verify_view(run.verify)
+    lines = [f"## opd-probe verify: `{_md(v.student)}` ← `{_md(v.teacher)}`", "",
+             f"**{VERDICT_ICON[v.tone]} Verdict: {_md(v.verdict)}** ({_md(v.gate)})", ""]
+    lines += [f"- {_md(r)}" for r in v.reasons]
+    if v.power:
+        lines.append(f"- {_md(v.power)}")
+    if v.prediction_line:
+        lines += ["", f"Probe predicted {STATUS_ICON[v.prediction_status]} {_md(v.prediction_line)}."]
+    lines += ["", _md(v.settings) + "."]
+    if v.legacy:
+        lines += [""] + _md_table(LEGACY_HEADERS, v.legacy_rows)
+    if v.arm_rows:
+        lines += ["", "### Arms", ""] + _md_table(ARM_HEADERS, v.arm_rows) + ["", _md(v.arm_caption) + "."]
+    if v.comparison_rows:
+        lines += ["", "### Paired comparisons (95% CI over problems and seeds)", ""]
+        lines += _md_table(COMPARISON_HEADERS, v.comparison_rows)
+        if v.seed_note:
+            lines += ["", _md(v.seed_note) + "."]
+    if v.cold_start_rows:
+        lines += ["", "### Cold start", "", _md(v.cold_start) + ".", ""]
+        lines += _md_table(COLD_START_HEADERS, v.cold_start_rows)
+    lines += ["", f"Probe at step 0 (first teacher batch, before any update): {_md(v.step0)}."]
+    if v.trends:
+        lines += ["", _md(v.trends) + "."]
+    lines += [""] + [f"- note: {_md(n)}" for n in v.notes]
     lines.append("")
     return "\n".join(lines)
 

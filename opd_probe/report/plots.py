@@ -231,3 +231,29 @@ def selection_distribution(pool, aligned, ood, label: str, cutoff: float | None)
     ax.legend(fontsize=8, frameon=False)
     _style(ax)
     return _png(fig)
+
+
+def verify_arm_curves(panels: Sequence[dict[str, Any]]) -> bytes:
+    """Accuracy of each arm over OPD steps, side by side: one panel per measured set (target, retention), each arm
+    its mean over seeds with the interval over seeds as a band, reference lines (the untouched student, the
+    teacher model) dashed. ``panels``: verifyview.curve_panels."""
+    fig = _figure(4.6 * len(panels) + 0.6, 3.3)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, panel in zip(axes, panels):
+        for i, s in enumerate(panel["series"]):
+            x = np.asarray(s["x"], dtype=float)
+            mean, low, high = (np.asarray([_finite(v) for v in s[k]], dtype=float) for k in ("mean", "low", "high"))
+            ax.plot(x, mean, "-o", color=color(i), markersize=3.5, linewidth=1.5, label=s["name"])
+            ok = np.isfinite(low) & np.isfinite(high)
+            if ok.any():
+                ax.fill_between(x, np.where(ok, low, mean), np.where(ok, high, mean), color=color(i), alpha=0.18,
+                                linewidth=0)
+        for j, (name, y) in enumerate(panel["refs"]):
+            ax.axhline(y, color=(COLORS[7], COLORS[2])[j % 2], linestyle="--", linewidth=1.1,
+                       label=f"{name} {view.fmt(y, 2)}")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("OPD step", fontsize=8)
+        _style(ax)
+        ax.legend(fontsize=7.5, frameon=False)
+    return _png(fig)

@@ -1,7 +1,7 @@
 """What every report format shows, as plain strings and rows: the console (console.py), Markdown (markdown.py) and
 HTML (html.py) render these. No rich, no IO.
 
-- ``fmt``: the one number formatter ("–" for a missing value);
+- ``fmt``: the one number formatter ("–" for a missing value); ``interval`` and ``ci_range`` build on it;
 - ``COLUMNS``: one column per metric of ``metrics.METRICS`` (header words, higher-is-better arrow), and the
   column lists of each table, picked from it;
 - display strings of template comparisons, cost plans and prompt selections.
@@ -43,6 +43,15 @@ def fmt(x: Any, digits: int = 3, *, sign: bool = False, general: bool = False) -
 def ci_range(e, digits: int = 3) -> str:
     """An Estimate's confidence interval "low–high", one decimal fewer than its mean."""
     return f"{fmt(e.ci_low, digits - 1)}–{fmt(e.ci_high, digits - 1)}"
+
+
+def interval(mean: Any, low: Any = None, high: Any = None, digits: int = 3, *, sign: bool = False) -> str:
+    """A mean and its interval, "0.450 [0.400, 0.500]" (every number by ``fmt``); the bracket is left out when
+    both bounds are missing (e.g. one seed: no interval over seeds)."""
+    head = fmt(mean, digits, sign=sign)
+    if num(low) is None and num(high) is None:
+        return head
+    return f"{head} [{fmt(low, digits, sign=sign)}, {fmt(high, digits, sign=sign)}]"
 
 
 def gains(continuation) -> str:
