@@ -27,7 +27,6 @@ class Thresholds:
     ratio_max_coverage: float = 0.99
     # --- signal strength (reason: weak-signal)
     weak_signal_kl: float = 0.02
-    weak_signal_relative: float = 0.25
     # --- knowledge novelty from answers (reason: low-novelty)
     min_continuation_gain: float = 0.02
     # --- teachers that teach the same thing (noted in reasons and recommendations)
@@ -60,10 +59,6 @@ PROVENANCE: dict[str, str] = {
                            "pairs (§5.1) but gives no number",
     "weak_signal_kl": "provisional guess (nats/token of the step-0 top-k reverse KL): a near-zero OPD loss is the "
                       "paper's only step-0 marker of a no-new-knowledge teacher (app. B.2: 'much smaller' loss)",
-    "weak_signal_relative": "checked on the zoo (docs/zoo.md): the no-new-knowledge teacher's step-0 KL was 0.23x "
-                            "the aligned teacher's, and OPD from it regressed the student (0.47 -> 0.38, 0.32); "
-                            "first set as: flag a teacher whose step-0 top-k KL is under this fraction of the "
-                            "strongest compatible candidate's (app. B.2 compares a failing to a succeeding teacher)",
     "min_continuation_gain": "paper §6.1: teacher continuation gain +0.37 at a 1K prefix vs +0.02 at 16K, where "
                              "the dense reward no longer helps; a gain at or below +0.02 is treated as none",
     "indistinguishable_overlap": "provisional: §3.3 calls two teachers 'distributionally indistinguishable' at "
@@ -77,8 +72,17 @@ PROVENANCE: dict[str, str] = {
 }
 
 
+# Thresholds of earlier versions, and why they went: a config file naming one gets an error that says so.
+REMOVED = {"weak_signal_relative": "it compared a teacher with the strongest other candidate in the run, so a "
+                                   "verdict depended on which other teachers were passed"}
+
+
 def _check_and_coerce(values: dict, where: str) -> dict:
     known = {f.name: f for f in fields(Thresholds)}
+    gone = sorted(set(values) & set(REMOVED))
+    if gone:
+        raise InputError(f"{where}: threshold {gone[0]} no longer exists ({REMOVED[gone[0]]})",
+                         fix=f"delete {gone[0]} from the config file or the --threshold flags")
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise InputError(f"{where}: unknown threshold(s): {', '.join(unknown)}",

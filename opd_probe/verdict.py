@@ -10,9 +10,13 @@ threshold and direction, so a reader can check it against results.json. Rules (d
   from the prompt (continuation depth 0, by more than 2 standard errors) is no-go (reverse-distillation risk); one
   within noise of it is info (unresolved, status unchanged: calibrated on the zoo, docs/zoo.md); without a clear
   depth-0 gain, a continuation gain at or under the minimum at every probed depth > 0 is a caution.
-- weak-signal (app. B.2): a tiny step-0 top-k reverse KL, absolute or relative to the strongest compatible
-  candidate. A caution only: a small loss alone wrongly predicts "no gain" for a teacher that generalised further
-  (prototype finding), so it asks for answer-based evidence instead of failing the pair.
+- weak-signal (app. B.2): a tiny step-0 top-k reverse KL. A caution only: a small loss alone wrongly predicts
+  "no gain" for a teacher that generalised further (prototype finding), so it asks for answer-based evidence
+  instead of failing the pair.
+
+No rule reads the other candidates of the run: a teacher gets the same status probed alone or in a set (the
+teachers it is indistinguishable from are named in messages and recommendations only). A rule relative to the
+strongest candidate in the run was removed for that reason (docs/metrics.md).
 - horizon-decay (§6.1): overlap falls along the response; recommends a response-length cap.
 - template-mismatch (§5.2): teacher and student chat templates differ; informational.
 """
@@ -34,7 +38,6 @@ APPROXIMATE_NOTE = " (value approximate: see the warnings)"
 class Evidence:
     """What the rules read for one teacher besides its pooled means (see ``decide``)."""
 
-    strongest_kl: float | None = None
     depth_overlap: tuple[tuple[int, int, float], ...] = ()
     continuation: tuple[ContinuationGain, ...] = ()
     indistinguishable_from: tuple[str, ...] = ()
@@ -55,7 +58,6 @@ def decide(
     pooled: dict[str, float],
     th: Thresholds,
     *,
-    strongest_kl: float | None = None,
     depth_overlap: list[tuple[int, int, float]] | None = None,
     continuation: list[ContinuationGain] | None = None,
     indistinguishable_from: list[str] | None = None,
@@ -65,21 +67,20 @@ def decide(
 ) -> Verdict:
     """Verdict for one teacher.
 
-    ``pooled``: metric -> pooled mean (keys of metrics.METRICS). ``strongest_kl``: the largest top-k reverse KL
-    among candidates without a pattern mismatch (None with a single teacher). ``depth_overlap``: (start, n_states,
+    ``pooled``: metric -> pooled mean (keys of metrics.METRICS). ``depth_overlap``: (start, n_states,
     overlap ratio) per depth bucket. ``continuation``: one ContinuationGain per probed depth when prompts carry
     answers. ``indistinguishable_from``: other teachers that look the same from the student's states.
     ``template_choice``: the measured comparison of the student's and the teacher's own template
     (templates.compare_renderings: "recommended", "decided_by", "reason"), which replaces the generic template
     advice. ``approximate``: metrics whose values are estimates (vLLM scoring); a reason resting on one says so.
     """
-    ev = Evidence(strongest_kl, tuple(depth_overlap or ()), tuple(continuation or ()),
+    ev = Evidence(tuple(depth_overlap or ()), tuple(continuation or ()),
                   tuple(indistinguishable_from or ()), template_differs, template_choice)
     reasons: list[Reason] = []
     recs: list[str] = []
-    pattern = _pattern_rules(pooled, th, reasons, recs)
+    _pattern_rules(pooled, th, reasons, recs)
     novelty_known = _novelty_rules(ev, th, reasons, recs)
-    _signal_rules(teacher, pooled, ev, th, bool(pattern), novelty_known, reasons, recs)
+    _signal_rules(teacher, pooled, ev, th, novelty_known, reasons, recs)
     _horizon_rule(ev, th, reasons, recs)
     _template_rules(ev, reasons, recs)
     reasons = [replace(r, approximate=True, message=r.message + APPROXIMATE_NOTE) if r.metric in approximate else r
@@ -89,8 +90,8 @@ def decide(
     return Verdict(teacher, status, tuple(reasons), tuple(dict.fromkeys(recs)))
 
 
-def _pattern_rules(pooled: dict[str, float], th: Thresholds, reasons: list[Reason], recs: list[str]) -> list[Reason]:
-    """Thinking-pattern compatibility (arXiv 2604.13016 §3.1, §5); returns the pattern reasons it added."""
+def _pattern_rules(pooled: dict[str, float], th: Thresholds, reasons: list[Reason], recs: list[str]) -> None:
+    """Thinking-pattern compatibility (arXiv 2604.13016 §3.1, §5)."""
     mass, ratio, gap = pooled.get("overlap_mass_student"), pooled.get("overlap_ratio"), pooled.get("entropy_gap")
     # The ratio counts every top-k token alike; when the student's top-k holds nearly all of its probability, the
     # ranks past its few real candidates are tail noise and the ratio measures noise, not thinking patterns
@@ -120,7 +121,6 @@ def _pattern_rules(pooled: dict[str, float], th: Thresholds, reasons: list[Reaso
                     f"re-probe (opd-probe verify STUDENT TEACHER --cold-start {th.cold_start_rollouts})")
         recs.append("or align the prompts with the teacher's post-training template and data, mixed with "
                     "out-of-distribution prompts to keep the student's entropy up (paper §5.2)")
-    return pattern
 
 
 def _novelty_rules(ev: Evidence, th: Thresholds, reasons: list[Reason], recs: list[str]) -> bool:
@@ -158,18 +158,14 @@ def _novelty_rules(ev: Evidence, th: Thresholds, reasons: list[Reason], recs: li
     return True
 
 
-def _signal_rules(teacher: str, pooled: dict[str, float], ev: Evidence, th: Thresholds, pattern: bool,
-                  novelty_known: bool, reasons: list[Reason], recs: list[str]) -> None:
-    """Signal strength (arXiv 2604.13016 app. B.2): a tiny step-0 top-k reverse KL, absolute or relative to the
-    strongest compatible candidate; and teachers indistinguishable at the student's states."""
+def _signal_rules(teacher: str, pooled: dict[str, float], ev: Evidence, th: Thresholds, novelty_known: bool,
+                  reasons: list[Reason], recs: list[str]) -> None:
+    """Signal strength (arXiv 2604.13016 app. B.2): a tiny step-0 top-k reverse KL; and the teachers that are
+    indistinguishable at the student's states (messages and recommendations only)."""
     kl = pooled.get("topk_reverse_kl")
     if kl is not None:
         weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, th.weak_signal_kl,
                       "the step-0 OPD loss is near zero: the teacher already agrees with the student")
-        if weak is None and ev.strongest_kl and not pattern:
-            weak = _below("weak-signal", "caution", "topk_reverse_kl", kl, th.weak_signal_relative * ev.strongest_kl,
-                          f"the step-0 OPD loss is under {th.weak_signal_relative:g}x the strongest compatible "
-                          "candidate's")
         if weak is not None:
             if ev.indistinguishable_from:
                 weak = replace(weak, message=weak.message + f"; indistinguishable from "

@@ -164,3 +164,20 @@ def test_continuation_depths_need_answers(models, tmp_path):
                       continuation_depths=(0, 2), limit=1, samples=1, max_new_tokens=2)
     with pytest.raises(InputError, match="answer"):
         run_probe(cfg)
+
+
+def test_a_teachers_verdict_does_not_depend_on_the_other_candidates(probe, models, tmp_path):
+    """Probed alone (on the same student states, --reuse) each teacher gets the status and reasons it got in the
+    set: no rule reads the other teachers (issue 14)."""
+    from opd_probe.config import ProbeConfig
+    from opd_probe.run.probe import run_probe
+
+    student = str(models[0])
+    for i, name in enumerate(str(m) for m in models):
+        alone = run_probe(ProbeConfig(student=student, teachers=(name,), out=str(tmp_path / f"alone-{i}"),
+                                      reuse=probe.config["out"], grad_norm=False, continuation_depths=(0, 2),
+                                      **SMALL))
+        v_set, v_alone = probe.pair(name).verdict, alone.pair(name).verdict
+        assert v_alone.status == v_set.status
+        assert [(r.code, r.severity, r.metric) for r in v_alone.reasons] == \
+            [(r.code, r.severity, r.metric) for r in v_set.reasons]

@@ -73,7 +73,7 @@ def test_clean_go():
 
 def test_go_with_real_continuation_gain_and_flat_depth():
     v = run(continuation=[cont(0, 0.3, se=0.05), cont(256, 0.2)],
-            depth_overlap=[(0, 500, 0.75), (256, 400, 0.74), (512, 300, 0.72)], strongest_kl=0.6)
+            depth_overlap=[(0, 500, 0.75), (256, 400, 0.74), (512, 300, 0.72)])
     assert v.status == "go" and v.reasons == ()
 
 
@@ -205,25 +205,18 @@ def test_weak_signal_without_novelty_evidence_asks_for_answers_only_when_novelty
     assert not any("--continuation-depths" in rec for rec in v.recommendations)
 
 
-def test_weak_signal_relative_to_the_strongest_candidate():
-    v = run({"topk_reverse_kl": 0.1}, strongest_kl=1.0)
-    assert codes(v) == [("weak-signal", "caution", "topk_reverse_kl")]
-    assert v.reasons[0].threshold == pytest.approx(TH.weak_signal_relative * 1.0)
-    assert v.status == "caution"
-    # at or above a quarter of the strongest: no reason
-    assert run({"topk_reverse_kl": 0.3}, strongest_kl=1.0).reasons == ()
-    # no strongest (single teacher): only the absolute rule
+def test_weak_signal_is_absolute_only_and_kept_beside_a_pattern_mismatch():
+    # a teacher's status never depends on the other candidates: no rule takes their KL any more
     assert run({"topk_reverse_kl": 0.1}).reasons == ()
-
-
-def test_relative_rule_not_applied_to_a_teacher_with_a_pattern_mismatch():
-    v = run({"topk_reverse_kl": 0.1, "overlap_ratio": 0.3}, strongest_kl=1.0)
-    assert [c for c, _, _ in codes(v)] == ["pattern-mismatch"]
-    v = run({"topk_reverse_kl": 0.1, "entropy_gap": 1.5}, strongest_kl=1.0)  # caution-level mismatch too
-    assert [c for c, _, _ in codes(v)] == ["pattern-mismatch"]
-    # the absolute rule still applies
-    v = run({"topk_reverse_kl": 0.001, "overlap_ratio": 0.3}, strongest_kl=1.0)
+    v = run({"topk_reverse_kl": 0.001, "overlap_ratio": 0.3})
     assert [c for c, _, _ in codes(v)] == ["pattern-mismatch", "weak-signal"]
+
+
+def test_a_removed_threshold_in_a_config_says_why():
+    with pytest.raises(InputError) as e:
+        load_thresholds({"weak_signal_relative": 0.25})
+    assert "no longer exists" in e.value.message and "other teachers" in e.value.message
+    assert "delete weak_signal_relative" in e.value.fix
 
 
 def test_indistinguishable_teachers_are_named_in_the_reason_and_a_recommendation():
@@ -423,3 +416,20 @@ def test_novelty_round_trips_and_omits_what_was_not_probed():
     assert d["continuation"][1] == {"depth": 256, "n": 100, "teacher_accuracy": pytest.approx(0.35),
                                     "student_accuracy": 0.4, "gain": -0.05, "se": 0.01}
     assert Novelty.from_dict(d) == n and Novelty.from_dict({"grad_norm": 1.0}) == Novelty(grad_norm=1.0)
+
+
+def test_verdicts_of_a_run_do_not_depend_on_the_other_candidates():
+    """A weak teacher (step-0 KL 0.05) beside a strong one (1.0) gets the verdict it gets alone: the rule that
+    compared it with the strongest candidate in the run is gone (it flagged this teacher only in the set)."""
+    from opd_probe.metrics import Estimate
+    from opd_probe.run.probe import _with_verdicts
+    from opd_probe.types import PairResult
+
+    def pair(name, kl):
+        pooled = {m: Estimate(v, v, v, 100) for m, v in {**HEALTHY, "topk_reverse_kl": kl}.items()}
+        return PairResult(teacher=name, slug=name, model={}, pooled=pooled, depth=(), per_prompt={})
+
+    weak, strong = pair("weak", 0.05), pair("strong", 1.0)
+    in_set = {p.teacher: p.verdict for p in _with_verdicts([weak, strong], TH, None, {})}
+    alone = _with_verdicts([weak], TH, None, {})[0].verdict
+    assert in_set["weak"] == alone and alone.status == "go"

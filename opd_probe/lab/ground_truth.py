@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..zoo import ZOO_MODELS, ZOO_PROMPTS
+from ..zoo import GROUND_TRUTH, ZOO_MODELS, ZOO_PROMPTS
 
 # (student, teacher, verify extras, expected outcome from the paper's reasoning)
 PAIRS = [
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2, help="verify runs in parallel (one thread each)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "ground_truth.json")
+    ap.add_argument("--out", type=Path, default=GROUND_TRUTH)
     ap.add_argument("--probe-only", action="store_true",
                     help="re-run only the probes (after a verdict-rule change) and keep the recorded OPD runs")
     args = ap.parse_args()

@@ -319,16 +319,13 @@ def _means(pair: PairResult) -> dict[str, float]:
 
 def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
                    template_differs: dict[str, bool]) -> list[PairResult]:
-    """Attach a verdict to every pair. The weak-signal rule compares each teacher's step-0 KL with the strongest
-    candidate that has no pattern mismatch, so compatibility is judged first."""
+    """Attach a verdict to every pair. Each status depends on that pair alone; the other candidates only name the
+    teachers it is indistinguishable from."""
     same = novelty.indistinguishable_pairs(dist, th.indistinguishable_overlap, th.indistinguishable_kl) if dist else {}
-    compatible = [p for p in pairs
-                  if not any(r.code == "pattern-mismatch" for r in decide(p.teacher, _means(p), th).reasons)]
-    strongest = max((p.pooled["topk_reverse_kl"].mean for p in compatible), default=None) if len(pairs) > 1 else None
     out = []
     for p in pairs:
         depth = [(b["start"], b["n_states"], b["metrics"]["overlap_ratio"].mean) for b in p.depth]
-        v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
+        v = decide(p.teacher, _means(p), th, depth_overlap=depth,
                    continuation=p.novelty.continuation, indistinguishable_from=same.get(p.teacher),
                    template_differs=template_differs.get(p.teacher, False),
                    template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate)
