@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from opd_probe import experiment as ex
 from opd_probe.backends import hf
@@ -312,3 +312,14 @@ def test_print_recipe_carries_the_control_arms_result(tiny_model, tmp_path, caps
                                str(tmp_path / "v")], capsys)
     assert code == 0 and "teacher − control (no-teacher control arm): +" in stdout or "-" in stdout
     assert "inconclusive" in stdout and "control − untouched student" in stdout
+
+
+def test_the_topk_control_at_k_equal_v_is_the_untouched_student(tiny_model, tmp_path):
+    s = tiny_model(seed=0)
+    vocab = len(AutoTokenizer.from_pretrained(str(s)))
+    res = run_verify(small(tmp_path, s, tiny_model(seed=1), "kv", control=True, loss="topk", top_k=vocab,
+                           probe_top_k=16, control_cache=str(tmp_path / "c")))
+    ctrl = res.arms["control"][0]
+    assert [r["grad_norm"] for r in ctrl["steps"]] == [0.0] * len(ctrl["steps"])  # no update from float noise
+    assert ctrl["evals"][-1]["target"] == res.arms["baseline"]["target"]
+    assert any("updates are skipped" in n for n in res.notes)

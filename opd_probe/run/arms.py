@@ -219,10 +219,15 @@ def run_arm_seed(arm: str, seed: int, student, teacher, data: Data, cfg, progres
                 surrogate, row = control_loss(student, prompts_b, responses, cfg.top_k, cfg.loss,
                                               cfg.control_advantage)
         opt.zero_grad(set_to_none=True)
-        surrogate.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         lr_now = opt.param_groups[0]["lr"]
-        opt.step()
+        if arm == "control" and cfg.loss == "topk" and cfg.top_k >= student.vocab_size:
+            # The top-k control's gradient c·∇log P_K is exactly 0 at k = V (P_K = 1), but in floats it is ~1e-7
+            # noise that AdamW scales up to lr-sized steps: skip the update, so the arm is the untouched student.
+            grad_norm = 0.0
+        else:
+            surrogate.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            opt.step()
         sched.step()
         del surrogate
         row.update({"phase": "opd", "step": step, "grad_norm": grad_norm, "lr": lr_now,

@@ -486,7 +486,7 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
                      "the overlap ratio and mass are 1 by construction)")
     if cfg.control and cfg.loss == "topk" and cfg.top_k >= V:
         notes.append(f"--top-k {cfg.top_k} covers the {V}-token vocabulary: the top-k control's gradient c·∇log P_K is "
-                     "exactly zero there (P_K = 1), so the control arm is the untouched student; use --loss sampled "
+                     "exactly zero there (P_K = 1), so its updates are skipped and the control arm is the untouched student; use --loss sampled "
                      "or a smaller --top-k for an informative control (docs/verify.md)")
     cache = control_cache_dir(cfg) if cfg.control else None
 
