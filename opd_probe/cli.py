@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,12 @@ from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_PROMPTS,
                      DEFAULT_OOD_FRACTION, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_PROBE_SAMPLES, DEFAULT_RANK_BY,
                      DEFAULT_SAMPLES, DEFAULT_SCORE_BATCH_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
                      DEFAULT_TEMPLATE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_K, DEFAULT_TOP_P,
-                     DEFAULT_VLLM_LOGPROBS, ProbeConfig)
+                     DEFAULT_VERIFY_BATCH_PROMPTS, DEFAULT_VERIFY_COLD_START, DEFAULT_VERIFY_COLD_START_EPOCHS,
+                     DEFAULT_VERIFY_COLD_START_TARGET, DEFAULT_VERIFY_CONTROL_ADVANTAGE, DEFAULT_VERIFY_EVAL_EVERY,
+                     DEFAULT_VERIFY_EVAL_SAMPLES, DEFAULT_VERIFY_EVAL_TEMPERATURE, DEFAULT_VERIFY_GRAD_CLIP,
+                     DEFAULT_VERIFY_LOSS, DEFAULT_VERIFY_LR, DEFAULT_VERIFY_MAX_NEW_TOKENS, DEFAULT_VERIFY_MIN_GAIN,
+                     DEFAULT_VERIFY_PROBE_TOP_K, DEFAULT_VERIFY_RETAIN_TOLERANCE, DEFAULT_VERIFY_SEEDS,
+                     DEFAULT_VERIFY_STEPS, DEFAULT_VERIFY_WARMUP_STEPS, DEFAULT_VLLM_LOGPROBS, ProbeConfig)
 from .errors import ProbeError
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -96,7 +100,7 @@ def compare(
     score_batch_tokens: opt.ScoreBatchTokens = DEFAULT_SCORE_BATCH_TOKENS,
     reuse: opt.Reuse = None,
     resume: opt.CompareResume = False,
-    overwrite: opt.CompareOverwrite = False,
+    overwrite: opt.Overwrite = False,
     continuation_depths: opt.ContinuationDepths = None,
     grad_norm: opt.GradNorm = False,
     template: opt.Template = DEFAULT_TEMPLATE,
@@ -359,99 +363,62 @@ def report(
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     student: opt.Student,
     teacher: opt.Teacher,
-    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Training prompts (.jsonl/.csv/.parquet)."),
-    eval_prompts: Optional[Path] = typer.Option(None, "--eval-prompts",
-                                                help="Held-out target prompts with 'answer': the accuracy that decides."),
-    retain_prompts: Optional[Path] = typer.Option(None, "--retain-prompts",
-                                                  help="Prompts with 'answer' the student should not forget "
-                                                       "(retention accuracy)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (verify.json, steps.parquet, "
-                                                                 "arms/)."),
-    steps: int = typer.Option(50, help="OPD steps per arm-seed."),
-    seeds: int = typer.Option(1, "--seeds", help="OPD seeds per arm (seed, seed+1, ...): seed variance enters the CI."),
-    control: bool = typer.Option(False, "--control", help="Also run the teacher-free control arm (constant negative "
-                                                          "advantage), cached and reused across teachers."),
-    control_cache: Optional[Path] = typer.Option(None, "--control-cache",
-                                                 help="Control-arm cache (default: .opd-probe-control/ beside --out)."),
-    control_advantage: float = typer.Option(1.0, "--control-advantage",
-                                            help="The control's constant c (advantage -c per token)."),
-    min_gain: float = typer.Option(0.0, "--min-gain", help="Bar the lower CI bound of teacher - control must clear."),
-    retain_tolerance: float = typer.Option(0.0, "--retain-tolerance",
-                                           help="Retention loss tolerated beyond its CI before 'harmful'."),
-    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
-    batch_prompts: int = typer.Option(4, "--batch-prompts", help="Prompts per step."),
-    samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", "-n", help="Student samples per prompt per step."),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the student top-k support of the loss (reference "
-                                                        "trainer: 16)."),
-    probe_top_k: int = typer.Option(16, "--probe-top-k", help="k of the step-0 probe prediction (capped below V)."),
-    loss: str = typer.Option("topk", help="topk (the paper's reference trainer) or sampled (single-sample k1)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest response, in tokens."),
-    eval_every: int = typer.Option(10, "--eval-every", help="Target/retention accuracy every N steps."),
-    eval_samples: int = typer.Option(1, "--eval-samples",
-                                     help="1: greedy pass@1 decides; N > 1: sampled avg@N decides (pass@1 still "
-                                          "logged)."),
-    eval_temperature: float = typer.Option(1.0, "--eval-temperature", help="Temperature of the avg@N samples."),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup steps (0 = constant lr)."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip."),
-    cold_start: int = typer.Option(0, "--cold-start",
-                                   help="SFT the student on N teacher rollouts before OPD (0 = off)."),
-    cold_start_epochs: int = typer.Option(1, "--cold-start-epochs", help="Most epochs over the cold-start rollouts."),
-    cold_start_target: float = typer.Option(0.8, "--cold-start-target",
-                                            help="Stop the cold start once this share of student samples follows "
-                                                 "the teacher's format."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N training prompts."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval prompts."),
-    retain_limit: Optional[int] = typer.Option(None, "--retain-limit", help="Use only the first N retention prompts."),
-    seed: int = typer.Option(DEFAULT_SEED, help="First seed (sampling and prompt order)."),
+    prompts: opt.TrainPrompts = None,
+    eval_prompts: opt.EvalPrompts = None,
+    retain_prompts: opt.RetainPrompts = None,
+    out: opt.VerifyOut = None,
+    steps: opt.Steps = DEFAULT_VERIFY_STEPS,
+    seeds: opt.Seeds = DEFAULT_VERIFY_SEEDS,
+    control: opt.Control = False,
+    control_cache: opt.ControlCache = None,
+    control_advantage: opt.ControlAdvantage = DEFAULT_VERIFY_CONTROL_ADVANTAGE,
+    min_gain: opt.MinGain = DEFAULT_VERIFY_MIN_GAIN,
+    retain_tolerance: opt.RetainTolerance = DEFAULT_VERIFY_RETAIN_TOLERANCE,
+    lr: opt.Lr = DEFAULT_VERIFY_LR,
+    batch_prompts: opt.BatchPrompts = DEFAULT_VERIFY_BATCH_PROMPTS,
+    samples: opt.VerifySamples = DEFAULT_SAMPLES,
+    top_k: opt.VerifyTopK = DEFAULT_TOP_K,
+    probe_top_k: opt.ProbeTopK = DEFAULT_VERIFY_PROBE_TOP_K,
+    loss: opt.Loss = DEFAULT_VERIFY_LOSS,
+    max_new_tokens: opt.VerifyMaxNewTokens = DEFAULT_VERIFY_MAX_NEW_TOKENS,
+    eval_every: opt.EvalEvery = DEFAULT_VERIFY_EVAL_EVERY,
+    eval_samples: opt.EvalSamples = DEFAULT_VERIFY_EVAL_SAMPLES,
+    eval_temperature: opt.EvalTemperature = DEFAULT_VERIFY_EVAL_TEMPERATURE,
+    warmup_steps: opt.WarmupSteps = DEFAULT_VERIFY_WARMUP_STEPS,
+    grad_clip: opt.GradClip = DEFAULT_VERIFY_GRAD_CLIP,
+    cold_start: opt.ColdStart = DEFAULT_VERIFY_COLD_START,
+    cold_start_epochs: opt.ColdStartEpochs = DEFAULT_VERIFY_COLD_START_EPOCHS,
+    cold_start_target: opt.ColdStartTarget = DEFAULT_VERIFY_COLD_START_TARGET,
+    limit: opt.VerifyLimit = None,
+    eval_limit: opt.EvalLimit = None,
+    retain_limit: opt.RetainLimit = None,
+    seed: opt.VerifySeed = DEFAULT_SEED,
     no_chat_template: opt.NoChatTemplate = False,
     device: opt.Device = DEFAULT_DEVICE,
-    teacher_device: Optional[str] = typer.Option(None, "--teacher-device",
-                                                 help="Put the teacher on another device (default: the student's)."),
-    dtype: str = typer.Option(DEFAULT_DTYPE, "--dtype", help="auto (CUDA: bf16 autocast, fp32 master weights; CPU: bf16 only if "
-                                           "measured faster, else fp32), float32, bfloat16, float16."),
+    teacher_device: opt.TeacherDevice = None,
+    dtype: opt.VerifyDtype = DEFAULT_DTYPE,
     trust_remote_code: opt.TrustRemoteCode = False,
-    save: Optional[Path] = typer.Option(None, "--save", help="Save the last teacher seed's trained student (HF folder)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished arm-seeds "
-                                                        "are read back."),
-    gate: bool = typer.Option(False, "--gate", help="Exit 1 unless the verdict is 'teacher adds signal'."),
-    print_recipe: Optional[str] = typer.Option(None, "--print-recipe",
-                                               help="Print equivalent verl or trl settings (with --out of a finished "
-                                                    "run: its control-arm result) and exit."),
-    json_out: bool = typer.Option(False, "--json", help="Print verify.json on stdout."),
+    save: opt.Save = None,
+    overwrite: opt.Overwrite = False,
+    resume: opt.VerifyResume = False,
+    gate: opt.VerifyGate = False,
+    print_recipe: opt.PrintRecipe = None,
+    json_out: opt.VerifyJson = False,
     quiet: opt.Quiet = False,
 ):
     """Run a short real OPD as a controlled experiment: teacher arm, optional no-teacher control, the untouched
     student; a verdict from paired CIs over problems and seeds."""
-    from .errors import InputError
     from .run.verify import VerifyConfig
 
-    if prompts is None:
-        raise InputError("verify needs training prompts", fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
-    opt = lambda p: str(p) if p else None  # noqa: E731
-    cfg = VerifyConfig(
-        student=student, teacher=teacher, out=str(out) if out else "", prompts=str(prompts),
-        eval_prompts=opt(eval_prompts), retain_prompts=opt(retain_prompts), limit=limit, eval_limit=eval_limit,
-        retain_limit=retain_limit, steps=steps, seeds=seeds, control=control, control_cache=opt(control_cache),
-        control_advantage=control_advantage, min_gain=min_gain, retain_tolerance=retain_tolerance, lr=lr,
-        warmup_steps=warmup_steps, grad_clip=grad_clip, batch_prompts=batch_prompts, samples=samples, top_k=top_k,
-        probe_top_k=probe_top_k, loss=loss, max_new_tokens=max_new_tokens, eval_every=eval_every,
-        eval_samples=eval_samples, eval_temperature=eval_temperature, cold_start=cold_start,
-        cold_start_epochs=cold_start_epochs, cold_start_target=cold_start_target, seed=seed,
-        chat_template=not no_chat_template, device=device, teacher_device=teacher_device, dtype=dtype,
-        trust_remote_code=trust_remote_code, save=opt(save), overwrite=overwrite, resume=resume,
-    )
+    cfg = VerifyConfig.from_flags(ctx.params)
     if print_recipe is not None:
-        from .recipe import ENGINES, recipe
-        from .run.verify import recipe_evidence
-
-        if print_recipe not in ENGINES:
-            raise InputError(f"unknown --print-recipe engine {print_recipe!r}", fix=f"use one of: {', '.join(ENGINES)}")
-        sys.stdout.write(recipe(print_recipe, cfg) + recipe_evidence(out))
-        return EXIT_OK
+        return _print_recipe(print_recipe, cfg, out)
     if out is None:
+        from .errors import InputError
+
         raise InputError("verify needs an output directory", fix="pass --out DIR")
     from .report.console import RichProgress, print_verify
     from .rundir import dumps
@@ -466,6 +433,18 @@ def verify(
         print_verify(result, stdout)
         stderr.print(f"[dim]wrote {cfg.out}/verify.json, steps.parquet, arms/[/dim]")
     return EXIT_GATE if gate and not result.criteria["passed"] else EXIT_OK
+
+
+def _print_recipe(engine: str, cfg, out: Path | None) -> int:
+    """--print-recipe: the verl or trl settings of ``cfg``, and the control-arm result of a finished run in ``out``."""
+    from .errors import InputError
+    from .recipe import ENGINES, recipe
+    from .run.verify import recipe_evidence
+
+    if engine not in ENGINES:
+        raise InputError(f"unknown --print-recipe engine {engine!r}", fix=f"use one of: {', '.join(ENGINES)}")
+    sys.stdout.write(recipe(engine, cfg) + recipe_evidence(out))
+    return EXIT_OK
 
 
 @app.command()

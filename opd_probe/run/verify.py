@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from .. import config as C
 from ..errors import InputError
 from . import arms
 from .opd_step import LOSSES
@@ -48,36 +49,36 @@ class VerifyConfig:
     limit: int | None = None
     eval_limit: int | None = None
     retain_limit: int | None = None
-    steps: int = 50
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    batch_prompts: int = 4
-    samples: int = 4
-    top_k: int = 16
-    loss: str = "topk"
-    temperature: float = 1.0
-    max_new_tokens: int = 128
-    eval_every: int = 10
-    eval_samples: int = 1  # > 1: sampled avg@n decides (greedy pass@1 is always measured too)
-    eval_temperature: float = 1.0  # of the avg@n samples
-    seeds: int = 1
+    steps: int = C.DEFAULT_VERIFY_STEPS
+    lr: float = C.DEFAULT_VERIFY_LR
+    weight_decay: float = C.DEFAULT_VERIFY_WEIGHT_DECAY
+    warmup_steps: int = C.DEFAULT_VERIFY_WARMUP_STEPS
+    grad_clip: float = C.DEFAULT_VERIFY_GRAD_CLIP
+    batch_prompts: int = C.DEFAULT_VERIFY_BATCH_PROMPTS
+    samples: int = C.DEFAULT_SAMPLES
+    top_k: int = C.DEFAULT_TOP_K
+    loss: str = C.DEFAULT_VERIFY_LOSS
+    temperature: float = C.DEFAULT_TEMPERATURE
+    max_new_tokens: int = C.DEFAULT_VERIFY_MAX_NEW_TOKENS
+    eval_every: int = C.DEFAULT_VERIFY_EVAL_EVERY
+    eval_samples: int = C.DEFAULT_VERIFY_EVAL_SAMPLES  # > 1: sampled avg@n decides (greedy pass@1 is always measured)
+    eval_temperature: float = C.DEFAULT_VERIFY_EVAL_TEMPERATURE  # of the avg@n samples
+    seeds: int = C.DEFAULT_VERIFY_SEEDS
     control: bool = False
-    control_advantage: float = 1.0  # c: the control's constant log-ratio (advantage −c); not tuned
+    control_advantage: float = C.DEFAULT_VERIFY_CONTROL_ADVANTAGE  # c: the control's constant log-ratio; not tuned
     control_cache: str | None = None
-    min_gain: float = 0.0
-    retain_tolerance: float = 0.0
-    probe_top_k: int = 16
-    cold_start: int = 0  # teacher rollouts to SFT the student on before OPD
-    cold_start_epochs: int = 1
+    min_gain: float = C.DEFAULT_VERIFY_MIN_GAIN
+    retain_tolerance: float = C.DEFAULT_VERIFY_RETAIN_TOLERANCE
+    probe_top_k: int = C.DEFAULT_VERIFY_PROBE_TOP_K
+    cold_start: int = C.DEFAULT_VERIFY_COLD_START  # teacher rollouts to SFT the student on before OPD
+    cold_start_epochs: int = C.DEFAULT_VERIFY_COLD_START_EPOCHS
     cold_start_lr: float | None = None
-    cold_start_target: float = 0.8  # format share at which the cold start stops; not measured
-    seed: int = 0
+    cold_start_target: float = C.DEFAULT_VERIFY_COLD_START_TARGET  # format share that stops it; not measured
+    seed: int = C.DEFAULT_SEED
     chat_template: bool = True
-    device: str = "auto"
+    device: str = C.DEFAULT_DEVICE
     teacher_device: str | None = None
-    dtype: str = "auto"
+    dtype: str = C.DEFAULT_DTYPE
     trust_remote_code: bool = False
     save: str | None = None
     overwrite: bool = False
@@ -116,9 +117,23 @@ class VerifyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VerifyConfig":
-        from ..config import from_known_keys
+        return C.from_known_keys(cls, d, "verify config")
 
-        return from_known_keys(cls, d, "verify config")
+    # verify's flags that are not settings of the run (what to print, the gate)
+    CLI_ONLY = ("print_recipe", "gate", "json_out", "quiet")
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> "VerifyConfig":
+        """The config of `opd-probe verify`'s flag values (by parameter name): paths as strings, --no-chat-template
+        as chat_template, no --out as "" (--print-recipe needs none). Training prompts are required."""
+        if flags["prompts"] is None:
+            raise InputError("verify needs training prompts",
+                             fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
+        values = {k: v for k, v in flags.items() if k not in cls.CLI_ONLY + ("out", "no_chat_template")}
+        for k in ("prompts", "eval_prompts", "retain_prompts", "control_cache", "save"):
+            values[k] = str(values[k]) if values[k] else None
+        return cls(**values, out=str(flags["out"]) if flags["out"] else "",
+                   chat_template=not flags["no_chat_template"])
 
 
 @dataclass
