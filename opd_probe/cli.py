@@ -119,27 +119,15 @@ def compare(
     quiet: opt.Quiet = False,
 ):
     """Probe STUDENT against every TEACHER on the student's own rollouts, give each a verdict, rank them."""
-    from .config import merge_config_file, read_config_file
+    from .config import fail_on_statuses, merge_config_file, probe_values, read_config_file
     from .thresholds import load_thresholds
 
-    values = dict(
-        student=student, teachers=tuple(teachers), out=str(out), prompts=str(prompts) if prompts else None,
-        limit=limit, samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        seed=seed, batch_size=batch_size, score_batch_tokens=score_batch_tokens, top_k=top_k,
-        depth_bucket=depth_bucket, chat_template=not no_chat_template, device=device, dtype=dtype,
-        trust_remote_code=trust_remote_code, reuse=str(reuse) if reuse else None, resume=resume,
-        overwrite=overwrite, continuation_depths=_int_list(continuation_depths, "--continuation-depths"),
-        grad_norm=grad_norm, template=template, **_plan_values(plan_steps, plan_batch, plan_max_tokens),
-        backend=backend, rollout_backend=rollout_backend, score_backend=score_backend,
-        exact_entropy=exact_entropy, device_map=device_map, tensor_parallel_size=tensor_parallel_size,
-        pipeline_parallel_size=pipeline_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len, vllm_logprobs=vllm_logprobs,
-    )
+    values = probe_values(ctx.params)
     table, source = read_config_file(str(config) if config else None)
-    settings = merge_config_file(values, _given_on_command_line(ctx), table, source)
+    settings = merge_config_file(values, opt.given_on_command_line(ctx), table, source)
     cfg = ProbeConfig(**settings.values)
     thresholds = load_thresholds(settings.thresholds, threshold)
-    statuses = _fail_on(fail_on, strict, gate, settings.fail_on)
+    statuses = fail_on_statuses(fail_on, strict, gate, settings.fail_on)
     return _run_and_print(cfg, json_out=json_out, quiet=quiet, thresholds=thresholds, fail_on=statuses,
                           exit_zero=exit_zero, summary_md=summary_md, html=html)
 
@@ -201,58 +189,6 @@ def select_prompts(
     return EXIT_OK
 
 
-# flag name -> ProbeConfig field, where they differ
-_FLAG_FIELD = {"no_chat_template": "chat_template"}
-
-
-def _given_on_command_line(ctx) -> set[str]:
-    """The ProbeConfig fields whose flag was typed (not defaulted): a config file does not override them."""
-    # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
-    return {_FLAG_FIELD.get(name, name) for name in ctx.params
-            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
-
-
-def _plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
-    """The --plan-* flags as config values; batch and max tokens only mean something with --plan-steps."""
-    from .errors import InputError
-
-    if steps is None and (batch is not None or max_tokens is not None):
-        raise InputError("--plan-batch and --plan-max-tokens need --plan-steps",
-                         fix="add --plan-steps N (the planned OPD run's optimizer steps)")
-    out: dict = {"plan_steps": steps}
-    if batch is not None:
-        out["plan_batch"] = batch
-    if max_tokens is not None:
-        out["plan_max_tokens"] = max_tokens
-    return out
-
-
-def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
-    from .errors import InputError
-
-    if not text:
-        return ()
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None
-
-
-def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: tuple | None) -> tuple[str, ...]:
-    """Statuses that trip the gate; empty = no gate."""
-    from .config import gate_statuses
-
-    if fail_on is not None:
-        chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
-    elif strict:
-        chosen = ["no-go", "caution"]
-    elif gate:
-        chosen = list(from_file) if from_file else ["no-go"]
-    else:
-        chosen = []
-    return gate_statuses(chosen)
-
-
 def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),
                    exit_zero: bool = False, summary_md: Path | None = None, html: Path | None = None) -> int:
     from .run.probe import run_probe
@@ -304,25 +240,20 @@ def report(
     plan_max_tokens: opt.PlanMaxTokens = None,
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
+    from .config import cost_plan, plan_values
     from .report.html import write_html
     from .report.markdown import report_markdown
     from .report.runs import load_runs
     from .rundir import dumps
 
-    plan = _plan_values(plan_steps, plan_batch, plan_max_tokens)
+    plan = plan_values(plan_steps, plan_batch, plan_max_tokens)
     loaded = load_runs(runs)
-    if plan["plan_steps"] is not None:
+    spec = cost_plan(plan)
+    if spec is not None:
         from dataclasses import replace
 
-        from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS
-        from .costs import Plan, project_results
-        from .errors import InputError
+        from .costs import project_results
 
-        try:
-            spec = Plan(steps=plan["plan_steps"], batch=plan.get("plan_batch", DEFAULT_PLAN_BATCH),
-                        max_tokens=plan.get("plan_max_tokens", DEFAULT_PLAN_MAX_TOKENS))
-        except ValueError as e:
-            raise InputError(f"--plan-*: {e}", fix="give positive integers, e.g. --plan-steps 270") from e
         for r in loaded:
             if r.kind == "compare":
                 r.results = replace(r.results, plan=project_results(spec, r.results))

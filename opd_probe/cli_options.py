@@ -14,7 +14,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS
+from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS, FLAG_FIELDS
 
 # ------------------------------------------------------------------------------------------------ shared
 Student = Annotated[str, typer.Argument(help="Student model: a local folder or a hub id.")]
@@ -227,3 +227,10 @@ CheckBackend = Annotated[str, typer.Option("--backend", help="hf or vllm: the sc
 CheckBatchSize = Annotated[int, typer.Option("--batch-size",
                                              help="Sequences the run samples at once (sizes the KV cache estimate).")]
 CheckJson = Annotated[bool, typer.Option("--json", help="One finding per line as JSON (JSON Lines) on stdout.")]
+
+
+def given_on_command_line(ctx) -> set[str]:
+    """The ProbeConfig fields whose flag was typed (not defaulted): a config file does not override them."""
+    # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
+    return {FLAG_FIELDS.get(name, name) for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}

@@ -293,6 +293,20 @@ def merge_config_file(flags: dict, given: set[str] | frozenset[str], table: dict
     return Settings(values=values, thresholds=th or {}, fail_on=fo)
 
 
+def fail_on_statuses(fail_on: str | None, strict: bool, gate: bool, from_file: tuple | None) -> tuple[str, ...]:
+    """Statuses that trip compare's gate, from --fail-on, else --strict, else --gate (the file's fail_on, else
+    no-go); empty = no gate."""
+    if fail_on is not None:
+        chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
+    elif strict:
+        chosen = ["no-go", "caution"]
+    elif gate:
+        chosen = list(from_file) if from_file else ["no-go"]
+    else:
+        chosen = []
+    return gate_statuses(chosen)
+
+
 def gate_statuses(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Verdict statuses that may trip the gate (``--fail-on``, a file's ``fail_on``): no-go and/or caution."""
     from .verdict import STATUSES
@@ -301,3 +315,61 @@ def gate_statuses(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if bad:
         raise InputError(f"--fail-on: unknown status {', '.join(bad)}", fix="use no-go and/or caution")
     return tuple(names)
+
+
+# ------------------------------------------------------------------------------------------------ flags
+# compare's flags that are not ProbeConfig settings: the gate, extra outputs, the config file, what to print
+COMPARE_ONLY_FLAGS = ("gate", "strict", "fail_on", "exit_zero", "summary_md", "html", "config", "threshold",
+                      "json_out", "quiet")
+FLAG_FIELDS = {"no_chat_template": "chat_template"}  # flag name -> ProbeConfig field, where they differ
+
+
+def probe_values(flags: dict) -> dict:
+    """compare's flag values (by parameter name, defaults included) as ProbeConfig field values, before a config
+    file is merged in: paths as strings, --no-chat-template as chat_template, --continuation-depths parsed, the
+    --plan-* flags checked (``plan_values``)."""
+    values = {k: v for k, v in flags.items() if k not in COMPARE_ONLY_FLAGS}
+    depths = int_list(values.pop("continuation_depths"), "--continuation-depths")
+    plan = plan_values(values.pop("plan_steps"), values.pop("plan_batch"), values.pop("plan_max_tokens"))
+    values["chat_template"] = not values.pop("no_chat_template")
+    for k in ("prompts", "reuse"):
+        values[k] = str(values[k]) if values[k] else None
+    return values | plan | {"teachers": tuple(values["teachers"]), "out": str(values["out"]),
+                            "continuation_depths": depths}
+
+
+def plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
+    """The --plan-* flags as config values; batch and max tokens only mean something with --plan-steps."""
+    if steps is None and (batch is not None or max_tokens is not None):
+        raise InputError("--plan-batch and --plan-max-tokens need --plan-steps",
+                         fix="add --plan-steps N (the planned OPD run's optimizer steps)")
+    out: dict = {"plan_steps": steps}
+    if batch is not None:
+        out["plan_batch"] = batch
+    if max_tokens is not None:
+        out["plan_max_tokens"] = max_tokens
+    return out
+
+
+def cost_plan(plan: dict):
+    """The costs.Plan of ``plan_values`` (the paper's batch and response cap where not given); None without
+    --plan-steps."""
+    from .costs import Plan
+
+    if plan["plan_steps"] is None:
+        return None
+    try:
+        return Plan(steps=plan["plan_steps"], batch=plan.get("plan_batch", DEFAULT_PLAN_BATCH),
+                    max_tokens=plan.get("plan_max_tokens", DEFAULT_PLAN_MAX_TOKENS))
+    except ValueError as e:
+        raise InputError(f"--plan-*: {e}", fix="give positive integers, e.g. --plan-steps 270") from e
+
+
+def int_list(text: str | None, flag: str) -> tuple[int, ...]:
+    """A comma-separated flag of integers (--continuation-depths 0,256)."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None
