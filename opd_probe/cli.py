@@ -134,6 +134,7 @@ def compare(
 
 @app.command("select-prompts")
 def select_prompts(
+    ctx: typer.Context,
     student: opt.Student,
     teacher: opt.Teacher,
     pool: opt.Pool = ...,
@@ -162,17 +163,13 @@ def select_prompts(
 ):
     """Keep the candidate training prompts the TEACHER is most aligned with at the STUDENT's own states, mixed
     with out-of-distribution ones (paper section 5.2)."""
+    from .config import flag_values
     from .report.console import RichProgress, print_selection
     from .rundir import dumps
     from .run.select import SelectConfig, run_select
 
-    cfg = SelectConfig(
-        student=student, teacher=teacher, pool=str(pool), out=str(out), keep=keep, work=str(work) if work else "",
-        ood_fraction=ood_fraction, rank_by=rank_by, probe_samples=probe_samples, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, chunk_prompts=chunk_prompts,
-        batch_size=batch_size, score_batch_tokens=score_batch_tokens, chat_template=not no_chat_template,
-        device=device, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,
-    )
+    values = flag_values(ctx.params, ("json_out", "quiet", "work"), paths=("pool", "out"))
+    cfg = SelectConfig(**values, work=str(work) if work else "")
     stdout, stderr = _consoles()
     with RichProgress(stderr, enabled=not quiet) as progress:
         doc = run_select(cfg, progress=progress)

@@ -321,21 +321,29 @@ def gate_statuses(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 # compare's flags that are not ProbeConfig settings: the gate, extra outputs, the config file, what to print
 COMPARE_ONLY_FLAGS = ("gate", "strict", "fail_on", "exit_zero", "summary_md", "html", "config", "threshold",
                       "json_out", "quiet")
-FLAG_FIELDS = {"no_chat_template": "chat_template"}  # flag name -> ProbeConfig field, where they differ
+# flag name -> config field, where they differ (the flag is the negation)
+FLAG_FIELDS = {"no_chat_template": "chat_template"}
+
+
+def flag_values(flags: dict, cli_only: tuple[str, ...] = (), paths: tuple[str, ...] = ()) -> dict:
+    """A command's flag values (by parameter name, defaults included) as its config's field values: the
+    ``cli_only`` flags dropped, ``paths`` as strings (None where not given), --no-chat-template as chat_template."""
+    values = {k: v for k, v in flags.items() if k not in cli_only and k not in FLAG_FIELDS}
+    for flag, name in FLAG_FIELDS.items():
+        if flag in flags:
+            values[name] = not flags[flag]
+    for k in paths:
+        values[k] = str(values[k]) if values[k] else None
+    return values
 
 
 def probe_values(flags: dict) -> dict:
-    """compare's flag values (by parameter name, defaults included) as ProbeConfig field values, before a config
-    file is merged in: paths as strings, --no-chat-template as chat_template, --continuation-depths parsed, the
-    --plan-* flags checked (``plan_values``)."""
-    values = {k: v for k, v in flags.items() if k not in COMPARE_ONLY_FLAGS}
+    """compare's flag values as ProbeConfig field values (``flag_values``), before a config file is merged in:
+    --continuation-depths parsed, the --plan-* flags checked (``plan_values``)."""
+    values = flag_values(flags, COMPARE_ONLY_FLAGS, paths=("out", "prompts", "reuse"))
     depths = int_list(values.pop("continuation_depths"), "--continuation-depths")
     plan = plan_values(values.pop("plan_steps"), values.pop("plan_batch"), values.pop("plan_max_tokens"))
-    values["chat_template"] = not values.pop("no_chat_template")
-    for k in ("prompts", "reuse"):
-        values[k] = str(values[k]) if values[k] else None
-    return values | plan | {"teachers": tuple(values["teachers"]), "out": str(values["out"]),
-                            "continuation_depths": depths}
+    return values | plan | {"teachers": tuple(values["teachers"]), "continuation_depths": depths}
 
 
 def plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:

@@ -129,11 +129,9 @@ class VerifyConfig:
         if flags["prompts"] is None:
             raise InputError("verify needs training prompts",
                              fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
-        values = {k: v for k, v in flags.items() if k not in cls.CLI_ONLY + ("out", "no_chat_template")}
-        for k in ("prompts", "eval_prompts", "retain_prompts", "control_cache", "save"):
-            values[k] = str(values[k]) if values[k] else None
-        return cls(**values, out=str(flags["out"]) if flags["out"] else "",
-                   chat_template=not flags["no_chat_template"])
+        values = C.flag_values(flags, cls.CLI_ONLY + ("out",),
+                               paths=("prompts", "eval_prompts", "retain_prompts", "control_cache", "save"))
+        return cls(**values, out=str(flags["out"]) if flags["out"] else "")
 
 
 @dataclass
