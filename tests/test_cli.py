@@ -576,3 +576,24 @@ def test_version():
     proc = _python(["-m", "opd_probe", "--version"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"opd-probe {__version__}"
+
+
+def test_every_compare_and_verify_flag_is_a_setting_or_named_as_cli_only():
+    """compare's and verify's flag values become their configs by name (config.probe_values,
+    VerifyConfig.from_flags): a new flag must be a config field or listed as CLI-only, else the command breaks."""
+    from dataclasses import fields
+
+    import typer
+
+    from opd_probe.cli import app
+    from opd_probe.config import ProbeConfig, probe_values
+    from opd_probe.run.verify import VerifyConfig
+
+    commands = typer.main.get_command(app).commands
+    flags = {p.name: p.default for p in commands["compare"].params} | {"student": "s", "teachers": ["t"], "out": "o"}
+    values = probe_values(flags)
+    assert set(values) <= {f.name for f in fields(ProbeConfig)}
+    assert ProbeConfig(**values).to_dict() == ProbeConfig(student="s", teachers=("t",), out="o").to_dict()
+    flags = {p.name: p.default for p in commands["verify"].params} | {"student": "s", "teacher": "t"}
+    cfg = VerifyConfig.from_flags(flags | {"prompts": Path("p.jsonl")})
+    assert cfg == VerifyConfig(student="s", teacher="t", out="", prompts="p.jsonl")

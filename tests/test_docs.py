@@ -84,6 +84,32 @@ def test_config_defaults_are_the_ones_the_modules_use():
         c.DEFAULT_OOD_FRACTION, c.DEFAULT_RANK_BY, c.DEFAULT_PROBE_SAMPLES, c.DEFAULT_CHUNK_PROMPTS)
 
 
+def test_verify_defaults_agree_across_the_cli_the_config_and_the_docs():
+    """`opd-probe verify`'s flag defaults are VerifyConfig's (both come from config.py), and docs/verify.md's
+    defaults table states them."""
+    from dataclasses import MISSING, fields
+
+    import typer
+
+    from opd_probe import config as c
+    from opd_probe.cli import app
+    from opd_probe.run.verify import VerifyConfig
+
+    flags = {p.name: p.default for p in typer.main.get_command(app).commands["verify"].params}
+    settings = {f.name: f.default for f in fields(VerifyConfig) if f.default is not MISSING}
+    shared = sorted(set(flags) & set(settings))
+    assert len(shared) >= 30, shared
+    assert {n: flags[n] for n in shared} == {n: settings[n] for n in shared}
+    assert flags["no_chat_template"] is not settings["chat_template"]
+    text = (ROOT / "docs" / "verify.md").read_text()
+    for row in (f"| `--loss` | `{c.DEFAULT_VERIFY_LOSS}` |", f"| `--top-k` | {c.DEFAULT_TOP_K} |",
+                f"| `--probe-top-k` | {c.DEFAULT_VERIFY_PROBE_TOP_K} |", f"| `--eval-samples` | {c.DEFAULT_VERIFY_EVAL_SAMPLES} |",
+                f"| `--seeds` | {c.DEFAULT_VERIFY_SEEDS} |",
+                f"| `--control-advantage` | {c.DEFAULT_VERIFY_CONTROL_ADVANTAGE} |",
+                f"| `--min-gain` | {c.DEFAULT_VERIFY_MIN_GAIN:g} |"):
+        assert row in text, row
+
+
 def test_the_ci_example_config_is_valid(tmp_path):
     """The [tool.opd-probe] example in docs/ci.md holds only keys and values the merge accepts."""
     import re
@@ -112,8 +138,6 @@ def test_cli_defaults_are_config_names_not_literals():
     assert {f.name for f in commands} >= {"compare", "select_prompts", "report", "demo", "verify"}
     literal = []
     for f in commands:
-        if f.name == "verify":  # its options are being rewritten (issue 12); take it out of here when they use opt.*
-            continue
         for arg, default in zip(f.args.args[len(f.args.args) - len(f.args.defaults):], f.args.defaults):
             ok = isinstance(default, (ast.Name, ast.Call)) or (
                 isinstance(default, ast.Constant) and (default.value is None or default.value is Ellipsis

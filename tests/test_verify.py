@@ -15,7 +15,8 @@ from opd_probe.cli import main
 from opd_probe.recipe import recipe
 from opd_probe.run import arms, opd_step
 from opd_probe.run.opd_step import control_loss, sft_loss, teacher_loss
-from opd_probe.run.verify import VerifyConfig, run_verify, trends
+from opd_probe.run.verify import VerifyConfig, run_verify
+from opd_probe.run.verify_summary import trends
 
 PROMPTS = "sample_prompts/tiny.jsonl"
 

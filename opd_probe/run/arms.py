@@ -249,7 +249,7 @@ def run_arm_seed(arm: str, seed: int, student, teacher, data: Data, cfg, progres
 
 
 def autocast(student):
-    """bf16 autocast when the student keeps float32 master weights under --dtype auto (verify.resolve_dtypes: CUDA
+    """bf16 autocast when the student keeps float32 master weights under --dtype auto (verify_models.resolve_dtypes: CUDA
     with bf16, or a CPU where bf16 measured faster); log-softmax and the metrics stay float32 (the head's logits are
     cast to float32 before them). A no-op otherwise."""
     import contextlib

@@ -10,30 +10,32 @@ trend.
 
 This is a verification run, not a trainer: one device per model; docs/verify.md shows how to take a pair to verl
 or TRL.
+
+``run_verify`` drives named stages (below); the models, devices, dtypes and memory estimate are in
+run/verify_models.py, what is read back (--resume, the control cache) in run/verify_cache.py, the statistics in
+run/verify_summary.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
-from .. import experiment as ex
+from .. import config as C
 from ..errors import InputError
-from .opd_step import LOSSES, chunk_positions
+from . import arms
+from .opd_step import LOSSES
+from .verify_cache import control_cache_dir, stored
+from .verify_models import Models, memory_check
+from .verify_summary import summarise, trends
 
 ARMS = ("teacher", "control")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-# --dtype auto on CPU picks bf16 (under autocast, float32 master weights) only when a forward pass of the loaded
-# student runs at least this much faster in bf16. Not tuned: a margin so timing noise cannot flip the choice.
-CPU_BF16_MIN_SPEEDUP = 1.3
 
 
 @dataclass(frozen=True)
@@ -47,36 +49,36 @@ class VerifyConfig:
     limit: int | None = None
     eval_limit: int | None = None
     retain_limit: int | None = None
-    steps: int = 50
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    batch_prompts: int = 4
-    samples: int = 4
-    top_k: int = 16
-    loss: str = "topk"
-    temperature: float = 1.0
-    max_new_tokens: int = 128
-    eval_every: int = 10
-    eval_samples: int = 1  # > 1: sampled avg@n decides (greedy pass@1 is always measured too)
-    eval_temperature: float = 1.0  # of the avg@n samples
-    seeds: int = 1
+    steps: int = C.DEFAULT_VERIFY_STEPS
+    lr: float = C.DEFAULT_VERIFY_LR
+    weight_decay: float = C.DEFAULT_VERIFY_WEIGHT_DECAY
+    warmup_steps: int = C.DEFAULT_VERIFY_WARMUP_STEPS
+    grad_clip: float = C.DEFAULT_VERIFY_GRAD_CLIP
+    batch_prompts: int = C.DEFAULT_VERIFY_BATCH_PROMPTS
+    samples: int = C.DEFAULT_SAMPLES
+    top_k: int = C.DEFAULT_TOP_K
+    loss: str = C.DEFAULT_VERIFY_LOSS
+    temperature: float = C.DEFAULT_TEMPERATURE
+    max_new_tokens: int = C.DEFAULT_VERIFY_MAX_NEW_TOKENS
+    eval_every: int = C.DEFAULT_VERIFY_EVAL_EVERY
+    eval_samples: int = C.DEFAULT_VERIFY_EVAL_SAMPLES  # > 1: sampled avg@n decides (greedy pass@1 is always measured)
+    eval_temperature: float = C.DEFAULT_VERIFY_EVAL_TEMPERATURE  # of the avg@n samples
+    seeds: int = C.DEFAULT_VERIFY_SEEDS
     control: bool = False
-    control_advantage: float = 1.0  # c: the control's constant log-ratio (advantage −c); not tuned
+    control_advantage: float = C.DEFAULT_VERIFY_CONTROL_ADVANTAGE  # c: the control's constant log-ratio; not tuned
     control_cache: str | None = None
-    min_gain: float = 0.0
-    retain_tolerance: float = 0.0
-    probe_top_k: int = 16
-    cold_start: int = 0  # teacher rollouts to SFT the student on before OPD
-    cold_start_epochs: int = 1
+    min_gain: float = C.DEFAULT_VERIFY_MIN_GAIN
+    retain_tolerance: float = C.DEFAULT_VERIFY_RETAIN_TOLERANCE
+    probe_top_k: int = C.DEFAULT_VERIFY_PROBE_TOP_K
+    cold_start: int = C.DEFAULT_VERIFY_COLD_START  # teacher rollouts to SFT the student on before OPD
+    cold_start_epochs: int = C.DEFAULT_VERIFY_COLD_START_EPOCHS
     cold_start_lr: float | None = None
-    cold_start_target: float = 0.8  # format share at which the cold start stops; not measured
-    seed: int = 0
+    cold_start_target: float = C.DEFAULT_VERIFY_COLD_START_TARGET  # format share that stops it; not measured
+    seed: int = C.DEFAULT_SEED
     chat_template: bool = True
-    device: str = "auto"
+    device: str = C.DEFAULT_DEVICE
     teacher_device: str | None = None
-    dtype: str = "auto"
+    dtype: str = C.DEFAULT_DTYPE
     trust_remote_code: bool = False
     save: str | None = None
     overwrite: bool = False
@@ -115,9 +117,21 @@ class VerifyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VerifyConfig":
-        from ..config import from_known_keys
+        return C.from_known_keys(cls, d, "verify config")
 
-        return from_known_keys(cls, d, "verify config")
+    # verify's flags that are not settings of the run (what to print, the gate)
+    CLI_ONLY = ("print_recipe", "gate", "json_out", "quiet")
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> "VerifyConfig":
+        """The config of `opd-probe verify`'s flag values (by parameter name): paths as strings, --no-chat-template
+        as chat_template, no --out as "" (--print-recipe needs none). Training prompts are required."""
+        if flags["prompts"] is None:
+            raise InputError("verify needs training prompts",
+                             fix="pass --prompts FILE (e.g. sample_prompts/math.jsonl)")
+        values = C.flag_values(flags, cls.CLI_ONLY + ("out",),
+                               paths=("prompts", "eval_prompts", "retain_prompts", "control_cache", "save"))
+        return cls(**values, out=str(flags["out"]) if flags["out"] else "")
 
 
 @dataclass
@@ -155,205 +169,7 @@ class VerifyResult:
         return cls(**d)
 
 
-# ------------------------------------------------------------------------------------------------- trends
-def trends(steps: list[dict]) -> dict:
-    """Descriptive only (they decide nothing): the mean overlap ratio and top-k KL over the first and last fifth of
-    the OPD steps of one arm-seed that logged them (the teacher arm)."""
-    opd = [r for r in steps if r.get("phase") == "opd" and "overlap_ratio" in r]
-    if not opd:
-        return {}
-    w = max(1, len(opd) // 5)
-    first, last = opd[:w], opd[-w:]
-
-    def mean(rows, key):
-        return float(np.mean([r[key] for r in rows]))
-
-    t = {"window_steps": w, "overlap_first": mean(first, "overlap_ratio"), "overlap_last": mean(last, "overlap_ratio"),
-         "kl_first": mean(first, "topk_reverse_kl"), "kl_last": mean(last, "topk_reverse_kl")}
-    saturated = min(t["overlap_first"], t["overlap_last"]) >= 1 - 1e-9  # k at the vocabulary: ratio 1 by construction
-    t["overlap_rises"] = None if saturated else t["overlap_last"] > t["overlap_first"]
-    t["kl_falls"] = t["kl_last"] < t["kl_first"]
-    return t
-
-
-# ------------------------------------------------------------------------------------------------- statistics
-def final_scores(records: list[dict], which: str) -> np.ndarray | None:
-    """(S, P) deciding scores of the last evaluation of each arm-seed on ``which`` ("target" / "retain")."""
-    from .arms import primary
-
-    rows = [primary(r["evals"][-1][which]) for r in records if r["evals"] and r["evals"][-1].get(which)]
-    return np.asarray(rows, dtype=float) if rows and len(rows) == len(records) else None
-
-
-def curves(baseline: dict, records: list[dict], which: str) -> list[dict]:
-    """Mean deciding accuracy over seeds at each evaluation (step 0 = the untouched student), per-seed values and
-    a t-interval over seeds (None with one seed)."""
-    from .arms import primary
-
-    if not baseline.get(which):
-        return []
-    out = [{"step": 0, "phase": "before", "mean": float(np.mean(primary(baseline[which]))), "per_seed": [],
-            "low": None, "high": None}]
-    for j, e in enumerate(records[0]["evals"] if records else []):
-        vals = [float(np.mean(primary(r["evals"][j][which]))) for r in records
-                if len(r["evals"]) > j and r["evals"][j].get(which)]
-        if not vals:
-            continue
-        m, half = float(np.mean(vals)), None
-        if len(vals) >= 2:
-            half = ex.t_quantile_975(len(vals) - 1) * float(np.std(vals, ddof=1)) / np.sqrt(len(vals))
-        out.append({"step": e["step"], "phase": e["phase"], "mean": m, "per_seed": vals,
-                    "low": None if half is None else m - half, "high": None if half is None else m + half})
-    return out
-
-
-def summarise(cfg: VerifyConfig, baseline: dict, teacher: list[dict], control: list[dict],
-              teacher_acc: dict | None) -> dict:
-    """The experiment (pure): intervals of teacher − control, teacher − baseline, control − baseline and the
-    retention change, the decision, gap recovery and the curves."""
-    from .arms import primary
-
-    def interval(a, b):
-        return None if a is None or b is None else ex.paired_seed_interval(a, b)
-
-    T, C = final_scores(teacher, "target"), final_scores(control, "target") if control else None
-    B = np.asarray(primary(baseline["target"]), dtype=float) if baseline.get("target") else None
-    Tr = final_scores(teacher, "retain")
-    Br = np.asarray(primary(baseline["retain"]), dtype=float) if baseline.get("retain") else None
-    iv = {"teacher_vs_control": interval(T, C), "teacher_vs_baseline": interval(T, B),
-          "control_vs_baseline": interval(C, B), "retention_teacher_vs_baseline": interval(Tr, Br),
-          "retention_control_vs_baseline": interval(final_scores(control, "retain") if control else None, Br)}
-    evidence = ex.Evidence(steps=cfg.steps, problems=0 if B is None else len(B), seeds=cfg.seeds)
-    decision = ex.decide(iv["teacher_vs_control"], iv["teacher_vs_baseline"], iv["retention_teacher_vs_baseline"],
-                         evidence, cfg.min_gain, cfg.retain_tolerance)
-    gap = {}
-    if teacher_acc is not None and B is not None:
-        for arm, M in (("teacher", T), ("control", C)):
-            if M is not None:
-                gap[arm] = ex.gap_recovery(float(M.mean()), float(B.mean()), teacher_acc["accuracy"])
-    metric = "avg@%d (T=%g)" % (cfg.eval_samples, cfg.eval_temperature) if cfg.eval_samples > 1 else "greedy pass@1"
-    return {
-        "metric": metric, "evidence": asdict(evidence), "min_steps": ex.MIN_STEPS, "min_problems": ex.MIN_PROBLEMS,
-        "intervals": {k: (v.to_dict() if v is not None else None) for k, v in iv.items()},
-        "decision": decision.to_dict(), "gap_recovery": gap,
-        "accuracy": {"baseline": None if B is None else float(B.mean()),
-                     "teacher": None if T is None else float(T.mean()),
-                     "control": None if C is None else float(C.mean()),
-                     "teacher_model": None if teacher_acc is None else teacher_acc["accuracy"]},
-        "curves": {arm: {"target": curves(baseline, recs, "target"), "retain": curves(baseline, recs, "retain")}
-                   for arm, recs in (("teacher", teacher), ("control", control)) if recs},
-    }
-
-
 # ------------------------------------------------------------------------------------------------- setup
-def check_devices(cfg: VerifyConfig) -> tuple[str, str]:
-    """Resolved (student device, teacher device); exit 2 before anything loads when CUDA is asked for but absent."""
-    import torch
-
-    def resolve(name: str, flag: str) -> str:
-        if name == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise InputError(f"{flag} {name} was requested but CUDA is not available on this machine "
-                                 f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'none'})",
-                                 fix=f"use {flag} cpu (or auto), or run on a machine with a GPU and a CUDA build "
-                                     "of torch")
-            index = torch.device(name).index
-            if index is not None and index >= torch.cuda.device_count():
-                raise InputError(f"{flag} {name}: this machine has {torch.cuda.device_count()} GPU(s)",
-                                 fix=f"use {flag} cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-        elif name != "cpu" and not name.startswith("mps"):
-            raise InputError(f"{flag} {name!r} is not a device", fix=f"use {flag} auto, cpu, cuda or cuda:N")
-        return name
-
-    s = resolve(cfg.device, "--device")
-    return s, resolve(cfg.teacher_device, "--teacher-device") if cfg.teacher_device else s
-
-
-def cpu_bf16_speedup(student, tokens: int = 128, reps: int = 3) -> float:
-    """Measured speed of a bf16-autocast over a float32 forward pass of the loaded student on CPU (one sequence of
-    ``tokens`` random ids, best of ``reps``). A matmul alone overstates it: on this project's 2-core AMX machine a
-    576 × 2304 matmul ran 3.7× faster in bf16, a whole 135M-parameter forward 1.65×, the zoo's tiny models 0.82×
-    (docs/performance.md)."""
-    import torch
-
-    ids = torch.randint(0, student.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
-
-    def best(autocast: bool) -> float:
-        times = []
-        for _ in range(reps + 1):  # the first call warms up
-            t0 = time.perf_counter()
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                student.model(input_ids=ids.to(student.device))
-            times.append(time.perf_counter() - t0)
-        return min(times[1:])
-
-    return best(False) / best(True)
-
-
-def resolve_dtypes(cfg: VerifyConfig, device: str) -> tuple[str, str, bool, dict]:
-    """(student dtype, teacher dtype, bf16 autocast for the student, note) before loading. --dtype auto: on CUDA
-    the student keeps float32 master weights under bf16 autocast (AdamW updates at lr 1e-6 vanish in bf16 weights)
-    and the teacher loads in bf16; on CPU the student loads in float32 and ``cpu_bf16_speedup`` then decides
-    (``choose_cpu_autocast``)."""
-    if cfg.dtype != "auto":
-        return cfg.dtype, cfg.dtype, False, {"dtype": cfg.dtype, "why": "--dtype"}
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_bf16_supported():
-            return "float32", "bfloat16", True, {"dtype": "bf16 autocast", "why": "CUDA with bf16"}
-        return "float32", "float32", False, {"dtype": "float32", "why": "CUDA without bf16"}
-    return "float32", "float32", False, {"dtype": "float32", "why": device}
-
-
-def choose_cpu_autocast(student) -> tuple[bool, dict]:
-    """--dtype auto on CPU: bf16 autocast (teacher in bf16) only when the measured forward is at least
-    CPU_BF16_MIN_SPEEDUP faster."""
-    speedup = cpu_bf16_speedup(student)
-    if speedup >= CPU_BF16_MIN_SPEEDUP:
-        return True, {"dtype": "bf16 autocast", "why": f"bf16 forward measured {speedup:.2f}x faster"}
-    return False, {"dtype": "float32", "why": f"bf16 forward measured {speedup:.2f}x as fast"}
-
-
-def model_fingerprint(path: str) -> dict:
-    """Identity of a model for the control cache: a local folder's files (name, size, mtime), or the hub id."""
-    from ..zoo import resolve
-
-    p = Path(resolve(path)).expanduser()
-    if not p.is_dir():
-        return {"id": path}
-    return {"files": sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in p.iterdir() if f.is_file())}
-
-
-CONTROL_KEYS = ("limit", "eval_limit", "retain_limit", "steps", "lr", "weight_decay", "warmup_steps", "grad_clip",
-                "batch_prompts", "samples", "top_k", "loss", "temperature", "max_new_tokens", "eval_every",
-                "eval_samples", "eval_temperature", "control_advantage", "chat_template", "dtype", "cold_start",
-                "cold_start_epochs", "cold_start_lr", "cold_start_target")
-
-
-def control_key(cfg: VerifyConfig) -> str:
-    """Hash of what the control arm depends on: the student, the prompt files, the loop settings (not the seed: one
-    file per seed). With --cold-start the control starts from the teacher's cold start, so the teacher joins it."""
-    from .stages import file_sha256
-
-    doc = {"student": model_fingerprint(cfg.student), "version": __version__,
-           "files": {k: file_sha256(getattr(cfg, k)) if getattr(cfg, k) else None
-                     for k in ("prompts", "eval_prompts", "retain_prompts")},
-           "settings": {k: getattr(cfg, k) for k in CONTROL_KEYS}}
-    if cfg.cold_start:
-        doc["teacher"] = model_fingerprint(cfg.teacher)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def control_cache_dir(cfg: VerifyConfig) -> Path:
-    """--control-cache DIR, else `.opd-probe-control/` beside --out (its parent), one folder per key."""
-    root = Path(cfg.control_cache) if cfg.control_cache else Path(cfg.out).expanduser().resolve().parent / \
-        ".opd-probe-control"
-    return root / control_key(cfg)
-
-
 def load_inputs(cfg: VerifyConfig):
     """Prompt files, checked before any model loads: (train, target eval set, retention set) as ProbePrompts."""
     from ..prompts import load_prompts
@@ -377,90 +193,70 @@ def load_inputs(cfg: VerifyConfig):
             with_answers(cfg.retain_prompts, cfg.retain_limit, "--retain-prompts"))
 
 
-def memory_check(cfg: VerifyConfig, spec_s, spec_t, devices, dtypes, prompt_tokens: int):
-    """The estimate (verify_memory.py) for the planned step on the student's device; exit 2 with a setting that
-    fits when it does not. Returns the check as a dict, or None when a config cannot be counted."""
-    from ..backends.loading import load_config, resolve_model_path
-    from . import verify_memory as vm
+# ------------------------------------------------------------------------------------------------- the stages
+@dataclass(frozen=True)
+class Inputs:
+    """What ``check_inputs`` checked: the prompts (ProbePrompts), the preflight's warnings, the resolved devices."""
 
-    def shape(spec, role):
-        path = resolve_model_path(spec, role)
-        config = load_config(path, spec, role)
-        try:
-            return vm.ModelShape.from_config(config, vm.count_parameters(config, spec.trust_remote_code))
-        except Exception:  # noqa: BLE001 - a config the meta device cannot build: skip the estimate, not the run
-            return None
-
-    s, t = shape(spec_s, "student"), shape(spec_t, "teacher")
-    if s is None or t is None:
-        return None
-    nbytes = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
-    act = 2 if dtypes[2] or nbytes[dtypes[0]] == 2 else 4
-    plan = vm.Plan(cfg.batch_prompts, cfg.samples, cfg.max_new_tokens, prompt_tokens)
-    same = devices[0] == devices[1]
-    check = vm.check_memory(s, t if same else None, plan, devices[0], nbytes[dtypes[0]], nbytes[dtypes[1]], act,
-                            chunk_positions(s.vocab))
-    if not check.fits:
-        raise vm.refuse(check, devices[0])
-    return check.to_dict()
+    train: list
+    target: list
+    retain: list
+    warnings: list[str]
+    devices: tuple[str, str]
 
 
-# ------------------------------------------------------------------------------------------------- the run
-def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
-    from ..backends import load_backend_model
-    from ..rundir import OutDir, atomic_write_text, dumps
-    from ..thresholds import Thresholds
-    from ..verdict import decide
-    from ..vocab import check_vocab
-    from . import arms
+@dataclass
+class Loaded:
+    """What ``load_models`` set up: the models (the student loaded), the rendered prompts, the memory estimate,
+    the probe's k and the notes so far."""
+
+    models: Models
+    data: arms.Data
+    memory: dict | None
+    probe_k: int
+    notes: list[str]
+
+
+@dataclass
+class ArmRecords:
+    """What ``run_arms`` produced or read back: the baseline's eval record, each arm's arm-seed records, the
+    teacher model's own accuracy (None without --eval-prompts) and the seeds."""
+
+    baseline: dict
+    control: list[dict]
+    teacher: list[dict]
+    teacher_acc: dict | None
+    seeds: list[int]
+
+
+def check_inputs(cfg: VerifyConfig) -> Inputs:
+    """The prompt files, the preflight (configs and tokenizers only, docs/check.md) and the devices: bad input exits
+    2 here, before anything is written or loaded."""
     from .preflight import fail_fast
-    from .stages import NullProgress, check_top_k, environment, free_model, model_spec
+    from .verify_models import check_devices
 
-    progress = progress or NullProgress()
-    started = time.perf_counter()
     train, target, retain = load_inputs(cfg)
-    pre_warnings = fail_fast(cfg, cfg.student, [cfg.teacher], train)  # configs and tokenizers only (docs/check.md)
-    devices = check_devices(cfg)
+    warnings = fail_fast(cfg, cfg.student, [cfg.teacher], train)
+    return Inputs(train, target, retain, warnings, check_devices(cfg))
+
+
+def prepare_out(cfg: VerifyConfig):
+    """The out directory (--overwrite clears an earlier run's arms/, --resume keeps them) and the control cache's
+    folder (None without --control). Returns (OutDir, cache folder)."""
+    from ..rundir import OutDir
+
     out = OutDir(cfg.out)
     arms_dir = out.path / "arms"
     if cfg.overwrite and not cfg.resume and arms_dir.is_dir():
         shutil.rmtree(arms_dir)  # our own folder (OutDir only knows its own file names)
     out.prepare(cfg.to_dict(), resume=cfg.resume, overwrite=cfg.overwrite,
                 numbers_key=lambda d: {k: v for k, v in d.items() if k not in ("resume", "overwrite")})
-    notes: list[str] = []
-    spec_s, spec_t = model_spec(cfg.student, cfg), model_spec(cfg.teacher, cfg)
-    from ..backends.loading import resolve_model_path
+    return out, control_cache_dir(cfg) if cfg.control else None
 
-    dt_s, dt_t, use_autocast, dtype_note = resolve_dtypes(cfg, devices[0])
-    spec_s = replace(spec_s, device=devices[0], dtype=dt_s)
-    spec_t = replace(spec_t, device=devices[1], dtype=dt_t)
-    state: dict = {"student": None, "teacher": None, "fresh": False, "autocast": use_autocast}
 
-    def student():
-        """The untouched student: loaded again after an arm-seed trained it."""
-        if state["student"] is not None and state["fresh"]:
-            return state["student"]
-        if state["student"] is not None:
-            free_model(state.pop("student"))
-        progress.log(f"loading student {cfg.student}")
-        s = load_backend_model("hf", spec_s, role="student")
-        s.autocast_bf16 = state["autocast"]
-        check_top_k(s, cfg.top_k, "student")
-        state.update(student=s, fresh=True)
-        return s
-
-    def teacher():
-        if state["teacher"] is None:
-            progress.log(f"loading teacher {cfg.teacher}")
-            t = load_backend_model("hf", spec_t, role="teacher")
-            t.model.requires_grad_(False)
-            state["warnings"] = check_vocab(student().vocab(), t.vocab(), cfg.teacher)
-            check_top_k(t, cfg.top_k, "teacher")
-            state["teacher"] = t
-        return state["teacher"]
-
-    # render with the tokenizer alone, so the memory estimate comes before any weights load
-    from ..backends.loading import load_tokenizer
+def render_data(cfg: VerifyConfig, inputs: Inputs, spec_s) -> arms.Data:
+    """The prompts rendered with the student's tokenizer alone, so the memory estimate comes before any weights."""
+    from ..backends.loading import load_tokenizer, resolve_model_path
     from ..prompts import render_prompt_ids
 
     tok = load_tokenizer(resolve_model_path(spec_s, "student"), spec_s, "student")
@@ -468,18 +264,15 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
     def render(rows):
         return [render_prompt_ids(tok, p, use_chat_template=cfg.chat_template) for p in rows]
 
-    data = arms.Data(train=render(train),
+    target, retain = inputs.target, inputs.retain
+    return arms.Data(train=render(inputs.train),
                      target=arms.EvalSet(render(target), [p.answer for p in target]) if target else None,
                      retain=arms.EvalSet(render(retain), [p.answer for p in retain]) if retain else None)
-    memory = memory_check(cfg, spec_s, spec_t, devices, (dt_s, dt_t, use_autocast),
-                          max(len(r) for r in data.train))
-    s0 = student()
-    if cfg.dtype == "auto" and devices[0] == "cpu":  # measured on the loaded student, before the teacher loads
-        state["autocast"], dtype_note = choose_cpu_autocast(s0)
-        s0.autocast_bf16 = state["autocast"]
-        if state["autocast"]:
-            spec_t = replace(spec_t, dtype="bfloat16")
-    V = s0.vocab_size
+
+
+def vocabulary_notes(cfg: VerifyConfig, V: int) -> tuple[int, list[str]]:
+    """(the probe's k, capped below the vocabulary; notes on a k the vocabulary makes uninformative)."""
+    notes = []
     probe_k = min(cfg.probe_top_k, V - 1)
     if probe_k < cfg.probe_top_k:
         notes.append(f"--probe-top-k {cfg.probe_top_k} capped to {probe_k} (below the {V}-token vocabulary: at k = V "
@@ -488,82 +281,126 @@ def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
         notes.append(f"--top-k {cfg.top_k} covers the {V}-token vocabulary: the top-k control's gradient c·∇log P_K is "
                      "exactly zero there (P_K = 1), so its updates are skipped and the control arm is the untouched student; use --loss sampled "
                      "or a smaller --top-k for an informative control (docs/verify.md)")
-    cache = control_cache_dir(cfg) if cfg.control else None
+    return probe_k, notes
 
-    def stored(path: Path, compute, also: Path | None = None):
-        """Read a finished part back (--resume, or the control cache), else compute and write it atomically."""
-        for p in ([path] if cfg.resume else []) + ([also] if also else []):
-            if p.exists():
-                progress.log(f"reusing {p}")
-                doc = json.loads(p.read_text())
-                if also and not path.exists():
-                    atomic_write_text(path, dumps(doc))
-                return doc
-        doc = compute()
-        atomic_write_text(path, dumps(doc))
-        if also:
-            atomic_write_text(also, dumps(doc))
-        return doc
+
+def load_models(cfg: VerifyConfig, inputs: Inputs, progress) -> Loaded:
+    """Render the prompts and estimate the memory (exit 2 when the step cannot fit), then load the student and
+    settle --dtype auto on CPU on it; the teacher loads when an arm first needs it."""
+    from .verify_models import Models
+
+    models = Models(cfg, inputs.devices, progress)
+    data = render_data(cfg, inputs, models.spec_s)
+    memory = memory_check(cfg, models.spec_s, models.spec_t, inputs.devices, models.dtypes,
+                          max(len(r) for r in data.train))
+    s0 = models.student()
+    models.settle_cpu_dtype(s0)
+    probe_k, notes = vocabulary_notes(cfg, s0.vocab_size)
+    return Loaded(models, data, memory, probe_k, notes)
+
+
+def run_arms(cfg: VerifyConfig, arms_dir: Path, cache: Path | None, loaded: Loaded, progress) -> ArmRecords:
+    """The baseline, the control arm-seeds (cached across teachers), the teacher model's accuracy, the teacher
+    arm-seeds (last, so the student they leave is the trained one), each read back when already finished."""
+    models, data = loaded.models, loaded.data
+
+    def keep(path: Path, compute, also: Path | None = None) -> dict:
+        return stored(path, compute, cfg.resume, progress, also)
 
     def arm_seed(arm: str, seed: int) -> dict:
-        s = student()
-        state["fresh"] = False
-        needs_teacher = arm == "teacher" or cfg.cold_start > 0
-        t = teacher() if needs_teacher else None
-        return arms.run_arm_seed(arm, seed, s, t, data, cfg, progress, probe_k if arm == "teacher" else None)
+        s = models.trained_student()
+        t = models.teacher() if arm == "teacher" or cfg.cold_start > 0 else None
+        return arms.run_arm_seed(arm, seed, s, t, data, cfg, progress, loaded.probe_k if arm == "teacher" else None)
 
-    baseline = stored(arms_dir / "baseline.json",
-                      lambda: arms.evaluate(student(), data, cfg, "before", 0, progress),
-                      cache / "baseline.json" if cache else None)
+    baseline = keep(arms_dir / "baseline.json", lambda: arms.evaluate(models.student(), data, cfg, "before", 0, progress),
+                    cache / "baseline.json" if cache else None)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    control_recs = [stored(arms_dir / f"control-seed{s}.json", lambda s=s: arm_seed("control", s),
-                           cache / f"seed{s}.json") for s in seeds] if cfg.control else []
+    control = [keep(arms_dir / f"control-seed{s}.json", lambda s=s: arm_seed("control", s), cache / f"seed{s}.json")
+               for s in seeds] if cfg.control else []
     teacher_acc = None
     if data.target:
-        teacher_scores = stored(arms_dir / "teacher-model.json",
-                                lambda: arms.score_problems(teacher(), data.target, cfg))
-        teacher_acc = arms.summary(teacher_scores, cfg.eval_samples)
-    teacher_recs = [stored(arms_dir / f"teacher-seed{s}.json", lambda s=s: arm_seed("teacher", s)) for s in seeds]
+        scores = keep(arms_dir / "teacher-model.json", lambda: arms.score_problems(models.teacher(), data.target, cfg))
+        teacher_acc = arms.summary(scores, cfg.eval_samples)
+    teacher = [keep(arms_dir / f"teacher-seed{s}.json", lambda s=s: arm_seed("teacher", s)) for s in seeds]
+    return ArmRecords(baseline, control, teacher, teacher_acc, seeds)
 
-    experiment = summarise(cfg, baseline, teacher_recs, control_recs, teacher_acc)
-    first = teacher_recs[0]
+
+def save_student(cfg: VerifyConfig, student, untouched: bool, seeds: list[int], notes: list[str]) -> None:
+    """--save: the student as the last teacher arm-seed left it (the teacher arm runs last)."""
+    if not cfg.save:
+        return
+    if untouched:
+        notes.append("--save: every teacher arm-seed was read back (--resume), so no trained student was saved")
+        return
+    if len(seeds) > 1:
+        notes.append(f"--save holds the student of teacher seed {seeds[-1]}")
+    Path(cfg.save).mkdir(parents=True, exist_ok=True)
+    student.model.save_pretrained(cfg.save, safe_serialization=True)
+    student.tokenizer.save_pretrained(cfg.save)
+
+
+def build_result(cfg: VerifyConfig, inputs: Inputs, loaded: Loaded, recs: ArmRecords, s, t,
+                 started: float) -> VerifyResult:
+    """The experiment (verify_summary.summarise), the probe's prediction on the first teacher seed's step 0, the
+    first teacher seed's accuracy summaries and trends, and the whole record."""
+    from ..thresholds import Thresholds
+    from ..verdict import decide
+    from .stages import environment
+
+    experiment = summarise(cfg, recs.baseline, recs.teacher, recs.control, recs.teacher_acc)
+    first = recs.teacher[0]
     step0 = first["step0"] or {}
-    s, t = state["student"], teacher()
     prediction = decide(cfg.teacher, {k: v for k, v in step0.items() if k != "top_k"}, Thresholds(),
                         template_differs=s.info["chat_template_hash"] != t.info["chat_template_hash"])
-    if cfg.save:  # the student as the last teacher arm-seed left it (the teacher arm runs last)
-        if state["fresh"]:
-            notes.append("--save: every teacher arm-seed was read back (--resume), so no trained student was saved")
-        else:
-            if len(seeds) > 1:
-                notes.append(f"--save holds the student of teacher seed {seeds[-1]}")
-            Path(cfg.save).mkdir(parents=True, exist_ok=True)
-            s.model.save_pretrained(cfg.save, safe_serialization=True)
-            s.tokenizer.save_pretrained(cfg.save)
     decision = experiment["decision"]
-    evals = ([{"phase": "before", "step": 0, **arms.summary(baseline["target"], cfg.eval_samples)}]
+    evals = ([{"phase": "before", "step": 0, **arms.summary(recs.baseline["target"], cfg.eval_samples)}]
              + [{"phase": e["phase"], "step": e["step"], **arms.summary(e["target"], cfg.eval_samples)}
-                for e in first["evals"] if e.get("target")]) if data.target else []
+                for e in first["evals"] if e.get("target")]) if loaded.data.target else []
     criteria = trends(first["steps"]) | {"passed": decision["passed"]}
-    warnings = pre_warnings + list(state.get("warnings") or [])
+    warnings = inputs.warnings + list(loaded.models.warnings)
     if warnings:
         criteria["warnings"] = warnings
-    result = VerifyResult(
+    models = loaded.models
+    return VerifyResult(
         config=cfg.to_dict(), student=s.info, teacher=t.info, environment=environment() | {
-            "devices": list(devices), "dtype": dtype_note, "memory_estimate": memory},
-        steps=first["steps"], evals=evals, teacher_accuracy=teacher_acc, step0=step0, criteria=criteria,
+            "devices": list(inputs.devices), "dtype": models.dtype_note, "memory_estimate": loaded.memory},
+        steps=first["steps"], evals=evals, teacher_accuracy=recs.teacher_acc, step0=step0, criteria=criteria,
         outcome=decision["verdict"], gap_recovery=experiment["gap_recovery"].get("teacher"),
         timings={"total_seconds": time.perf_counter() - started,
-                 "arm_seconds": {f"{r['arm']}-seed{r['seed']}": r.get("seconds") for r in control_recs + teacher_recs}},
+                 "arm_seconds": {f"{r['arm']}-seed{r['seed']}": r.get("seconds") for r in recs.control + recs.teacher}},
         prediction=prediction.to_dict(), experiment=experiment,
-        arms={"baseline": baseline, "teacher": teacher_recs, "control": control_recs}, notes=notes,
+        arms={"baseline": recs.baseline, "teacher": recs.teacher, "control": recs.control}, notes=loaded.notes,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    atomic_write_text(out.path / "verify.json", dumps(result.to_dict()))
+
+
+def write_outputs(out, result: VerifyResult, recs: ArmRecords) -> None:
+    """verify.json, and steps.parquet: every arm-seed's per-step rows."""
     import pandas as pd
 
-    rows = [{"arm": r["arm"], "seed": r["seed"], **row} for r in teacher_recs + control_recs for row in r["steps"]]
+    from ..rundir import atomic_write_text, dumps
+
+    atomic_write_text(out.path / "verify.json", dumps(result.to_dict()))
+    rows = [{"arm": r["arm"], "seed": r["seed"], **row} for r in recs.teacher + recs.control for row in r["steps"]]
     out.write_parquet("steps.parquet", pd.DataFrame(rows))
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def run_verify(cfg: VerifyConfig, progress=None) -> VerifyResult:
+    """The run, stage by stage (docs/verify.md): inputs and devices; the out directory and the control cache; the
+    models; the arms; the summary; the outputs."""
+    from .stages import NullProgress
+
+    progress = progress or NullProgress()
+    started = time.perf_counter()
+    inputs = check_inputs(cfg)
+    out, cache = prepare_out(cfg)
+    loaded = load_models(cfg, inputs, progress)
+    recs = run_arms(cfg, out.path / "arms", cache, loaded, progress)
+    s, t = loaded.models.current, loaded.models.teacher()  # the student as the last teacher arm-seed left it
+    save_student(cfg, s, loaded.models.fresh, recs.seeds, loaded.notes)
+    result = build_result(cfg, inputs, loaded, recs, s, t, started)
+    write_outputs(out, result, recs)
     return result
 
 

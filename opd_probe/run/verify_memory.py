@@ -4,7 +4,7 @@ From the model configs alone (parameters counted on the meta device, no weights 
 
     weights     P_student · b_s + P_teacher · b_t               (b: bytes per parameter of the loaded dtype)
     training    P_student · (4 + 4 + 4)                           (float32 grads + AdamW's two float32 moments)
-                — with fp32 master weights on CUDA the student is float32 (b_s = 4), see verify.resolve_dtypes
+                — with fp32 master weights on CUDA the student is float32 (b_s = 4), see verify_models.resolve_dtypes
     activations tokens · layers · (8·H + 3·I) · b_act               (saved for backward, decoder; H hidden, I MLP)
     KV cache    tokens · layers · 2 · kv_heads · head_dim · b_act  (sampling)
     head        3 · min(C, R) · V · 4 (chunked) + 2 · min(C', R) · V · 4 (the teacher's scorer buffers)
