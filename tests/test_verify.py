@@ -324,3 +324,16 @@ def test_the_topk_control_at_k_equal_v_is_the_untouched_student(tiny_model, tmp_
     assert [r["grad_norm"] for r in ctrl["steps"]] == [0.0] * len(ctrl["steps"])  # no update from float noise
     assert ctrl["evals"][-1]["target"] == res.arms["baseline"]["target"]
     assert any("updates are skipped" in n for n in res.notes)
+
+
+def test_save_without_eval_prompts_keeps_the_trained_student(tiny_model, tmp_path):
+    """The teacher first loads inside the teacher arm here (nothing evaluated it before): that must not reload the
+    student the arm is training, or --save would write the untouched one."""
+    s = tiny_model(seed=0)
+    res = run_verify(small(tmp_path, s, tiny_model(seed=1), "sv", eval_prompts=None, eval_limit=None,
+                           save=str(tmp_path / "saved"), lr=1e-2))
+    assert not any("read back" in n for n in res.notes)
+    saved = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"))
+    orig = AutoModelForCausalLM.from_pretrained(str(s))
+    moved = max(float((a - b).abs().max()) for a, b in zip(saved.parameters(), orig.parameters()))
+    assert moved > 0, "--save wrote the untouched student"

@@ -164,7 +164,10 @@ class Models:
             self.progress.log(f"loading teacher {self.cfg.teacher}")
             t = load_backend_model("hf", self.spec_t, role="teacher")
             t.model.requires_grad_(False)
-            self.warnings = check_vocab(self.student().vocab(), t.vocab(), self.cfg.teacher)
+            # the vocabulary does not change with training: read it from the student in hand, so a first teacher load
+            # inside an arm-seed does not reload (and so forget) the student that arm is training
+            student = self.current if self.current is not None else self.student()
+            self.warnings = check_vocab(student.vocab(), t.vocab(), self.cfg.teacher)
             check_top_k(t, self.cfg.top_k, "teacher")
             self.loaded_teacher = t
         return self.loaded_teacher
