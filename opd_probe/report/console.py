@@ -297,3 +297,31 @@ def print_prediction_table(rows: list[dict], stdout: Console, scorecard: dict | 
                      f"accuracy; with {rarer} pair(s) of the rarer outcome that is "
                      + ("evidence on these pairs only" if enough else "not yet evidence") + " (docs/zoo.md).",
                      highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------ check
+_LEVEL_STYLE = {"ok": "green", "info": "dim", "warn": "yellow", "error": "bold red"}
+
+
+def print_findings(found, student: str, teachers: list[str], stdout: Console) -> None:
+    """`opd-probe check`: one table for the student (and the run), one per teacher; a rendering diff under its
+    table."""
+    from ..check import worst
+
+    sections = [(f"student {student}", [f for f in found if f.teacher is None])]
+    sections += [(f"teacher {t}", [f for f in found if f.teacher == t]) for t in dict.fromkeys(teachers)]
+    for title, items in sections:
+        level = worst(items)
+        table = Table(title=f"{escape(title)}: [{_LEVEL_STYLE[level]}]{level}[/]", title_justify="left",
+                      show_lines=False, expand=False)
+        for col in ("", "check", "finding", "fix"):
+            table.add_column(col, overflow="fold")
+        for f in items:
+            table.add_row(f"[{_LEVEL_STYLE[f.level]}]{f.level}[/]", f.code, escape(f.message), escape(f.fix or ""))
+        stdout.print(table)
+        for f in items:
+            if f.code == "rendering" and f.details.get("diff"):
+                stdout.print("[dim]" + escape("\n".join(f.details["diff"])) + "[/dim]")
+    level = worst(found)
+    stdout.print(f"[{_LEVEL_STYLE[level]}]{level}[/]: {sum(f.level == 'error' for f in found)} error(s), "
+                 f"{sum(f.level == 'warn' for f in found)} warning(s); no weights were loaded")
