@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .metrics import bootstrap_weights, group_sums, pooled_estimate
+from .thresholds import Thresholds
 
 # Warning lines. Not measured: provisional. |bias| of 0.1 nats/token is about a third of the one reported harmful
 # bias (0.287, tinker-cookbook#796); no run maps a bias to an OPD outcome.
@@ -28,9 +29,9 @@ RENDERER_BIAS_WARN = 0.1
 # log q - log p < log 0.1 - log p (about -2 nats where the student was confident); the verdict's own lines are
 # thresholds.stop_low_prob / stop_low_share.
 STOP_LOW_PROB = 0.1
-# Not measured: provisional. More than half of the stopping states below STOP_LOW_PROB: the teacher disagrees with
-# stopping as a rule, not at a few states.
-STOP_LOW_SHARE = 0.5
+# The warning reads the verdict's default lines (thresholds.py: stop_low_share, stop_min_states; provisional).
+STOP_LOW_SHARE = Thresholds().stop_low_share
+STOP_MIN_STATES = Thresholds().stop_min_states
 # Not measured: provisional (nats). The largest change of a teacher log-prob between two scorings of the same
 # tokens that is read as noise: float32 on CPU differs by ~1e-6 (tests/test_lint.py).
 DETERMINISM_WARN = 0.01
@@ -177,7 +178,7 @@ def lint_warning(lint: Lint) -> str | None:
         off.append(f"renderer bias {rb.mean:+.3f} nats/token{ci} (student's rendering minus the teacher's own, "
                    f"{rb.source}; |bias| > {RENDERER_BIAS_WARN:g}): the teacher is scored under a rendering it was "
                    "not trained with; measure both: --template student,teacher")
-    if st.n_stops and st.low_share is not None and st.low_share > STOP_LOW_SHARE:
+    if st.n_stops >= STOP_MIN_STATES and st.low_share is not None and st.low_share > STOP_LOW_SHARE:
         off.append(f"stop-token agreement: the teacher gives the student's stop token p < {st.low_prob:g} at "
                    f"{st.low_share:.0%} of {st.n_stops} stopping states (mean p {st.teacher_prob_mean:.3f}; the "
                    f"student's own {st.student_prob_mean:.3f}): it does not reward stopping, OPD responses may run "

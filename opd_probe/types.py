@@ -88,7 +88,7 @@ class Rollout:
 class Reason:
     """One rule that fired, with the numbers that made it fire (verdict.py)."""
 
-    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch
+    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch | stop-disagreement
     severity: str  # no-go | caution | info
     metric: str
     value: float | None

@@ -227,12 +227,12 @@ def _stop_lint(student_dir: Path, teacher_dir: Path) -> Lint:
     eos = student.eos_ids()[0]
     rng = np.random.default_rng(0)
     rollouts = []
-    for p in prompts:  # two responses per prompt: a few ordinary tokens, then the stop token
-        for j in range(2):
+    for p in prompts:  # three responses per prompt: a few ordinary tokens, then the stop token
+        for j in range(3):
             body = tuple(int(x) for x in rng.integers(10, student.vocab_size, size=3 + j))
             rollouts.append(Rollout(len(rollouts), p.index, p.id, j, tuple(student.render(p, True)), body + (eos,),
                                     "", "stop"))
-    rollouts.append(Rollout(len(rollouts), 0, prompts[0].id, 2, rollouts[0].prompt_token_ids, (11, 12), "",
+    rollouts.append(Rollout(len(rollouts), 0, prompts[0].id, 3, rollouts[0].prompt_token_ids, (11, 12), "",
                             "length"))  # cut at the length limit: not a stopping state
     from opd_probe.backends.base import ScoreArrays
 
@@ -247,18 +247,56 @@ def _stop_lint(student_dir: Path, teacher_dir: Path) -> Lint:
 def test_a_teacher_that_never_stops_disagrees_at_every_stopping_state(stop_models):
     student, never = stop_models
     st = _stop_lint(student, never).stop
-    assert st.n_stops == 6 and st.low_share == 1.0 and st.teacher_prob_mean < 1e-6
+    assert st.n_stops == 9 and st.low_share == 1.0 and st.teacher_prob_mean < 1e-6
     assert st.student_prob_mean > 0.1
     w = lint.lint_warning(_stop_lint(student, never))
-    assert w and "100% of 6 stopping states" in w
+    assert w and "100% of 9 stopping states" in w
 
 
 def test_the_student_as_its_own_teacher_agrees(stop_models):
     student, _ = stop_models
     got = _stop_lint(student, student)
     st = got.stop
-    assert st.n_stops == 6 and st.teacher_prob_mean == pytest.approx(st.student_prob_mean, abs=1e-6)
+    assert st.n_stops == 9 and st.teacher_prob_mean == pytest.approx(st.student_prob_mean, abs=1e-6)
     assert st.low_share == 0.0 and st.teacher_prob_mean > 0.1
     assert got.renderer_bias.status == "identical" and got.renderer_bias.mean == 0.0
     assert lint.lint_warning(got) is None
     assert math.isfinite(got.determinism.composition_max_abs_diff)
+
+
+# ------------------------------------------------------------------------------------------------ the verdict
+def _decide(stop):
+    from opd_probe.thresholds import Thresholds
+    from opd_probe.verdict import decide
+
+    pooled = {"overlap_ratio": 0.8, "overlap_mass_student": 0.98, "entropy_gap": 0.1, "topk_reverse_kl": 0.3,
+              "topk_coverage_student": 0.9}
+    return decide("t", pooled, Thresholds(), stop=stop)
+
+
+def test_stop_disagreement_is_a_caution_only_past_its_lines():
+    assert _decide(None).status == "go"
+    v = _decide(StopAgreement(20, 0.02, 0.01, 0.03, 0.9, 0.1, 0.95))
+    assert v.status == "caution" and [r.code for r in v.reasons] == ["stop-disagreement"]
+    r = v.reasons[0]
+    assert (r.metric, r.value, r.threshold, r.direction) == ("stop_low_share", 0.9, 0.5, ">")
+    assert any("stop tokens" in x for x in v.recommendations)
+    assert _decide(StopAgreement(20, 0.6, 0.5, 0.7, 0.5, 0.1, 0.95)).status == "go"  # at the line: not over it
+    assert _decide(StopAgreement(7, 0.02, 0.01, 0.03, 1.0, 0.1, 0.95)).status == "go"  # too few stopping states
+    assert _decide(StopAgreement(0)).status == "go"
+
+
+def test_the_lint_line_reaches_every_summary(template_run):
+    from opd_probe import load_results
+    from opd_probe.report.markdown import summary_markdown
+
+    _, tutor, out, _ = template_run
+    results = load_results(out)
+    md = summary_markdown(results)
+    assert "### Lint" in md and md.count("renderer bias +") == 1  # the tutor only; the student's own is identical
+    assert (out / "summary.md").read_text() == md
+    assert any(w.startswith("lint: renderer bias") for w in results.pair(str(tutor)).warnings)
+    from opd_probe.report.html import write_html
+
+    write_html([out], out / "report.html")
+    assert "lint: renderer bias +" in (out / "report.html").read_text()

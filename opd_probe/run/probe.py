@@ -338,7 +338,8 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
         v = decide(p.teacher, _means(p), th, strongest_kl=strongest, depth_overlap=depth,
                    continuation=p.novelty.continuation, indistinguishable_from=same.get(p.teacher),
                    template_differs=template_differs.get(p.teacher, False),
-                   template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate)
+                   template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate,
+                   stop=p.lint.stop if p.lint is not None else None)
         out.append(replace(p, verdict=v))
     return out
 
