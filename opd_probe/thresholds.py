@@ -35,6 +35,9 @@ class Thresholds:
     # --- depth (reason: horizon-decay)
     horizon_drop: float = 0.10
     horizon_min_states: int = 50
+    # --- the teacher's stop (reason: stop-disagreement; compare's lint, docs/lint.md)
+    stop_low_share: float = 0.5
+    stop_min_states: int = 8
     # --- cold start recommendation
     cold_start_rollouts: int = 2000
 
@@ -67,6 +70,11 @@ PROVENANCE: dict[str, str] = {
     "horizon_drop": "provisional: §6.1 reward quality decays with depth; flag an absolute overlap drop of 0.10 "
                     "from the first depth bucket",
     "horizon_min_states": "a depth bucket needs this many states before its overlap is trusted",
+    "stop_low_share": "provisional (not measured): more than half of the student's stopping states get the teacher's "
+                      "probability of the stop token under 0.1 (lint.STOP_LOW_PROB): a rule, not a few states; on "
+                      "the zoo (docs/lint.md) only the strong-mismatch teacher crossed it (0.96; OPD from it "
+                      "failed), the other five sat at 0.00-0.09",
+    "stop_min_states": "provisional: fewer stopping states than this are too few to call the teacher's stop a rule",
     "cold_start_rollouts": "recommendation size; the paper's cold start used 200K SFT samples for Qwen3-1.7B-Base "
                            "(§5.1) - start small and re-probe",
 }

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .costs import Projection
+from .lint import Lint
 
 SCHEMA_VERSION = 1
 
@@ -87,7 +88,7 @@ class Rollout:
 class Reason:
     """One rule that fired, with the numbers that made it fire (verdict.py)."""
 
-    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch
+    code: str  # pattern-mismatch | low-novelty | weak-signal | horizon-decay | template-mismatch | stop-disagreement
     severity: str  # no-go | caution | info
     metric: str
     value: float | None
@@ -182,6 +183,8 @@ class PairResult:
     # metric -> {"exact_fraction": share of its states computed exactly, "how": the estimate used elsewhere};
     # empty when every value is exact (the transformers scorer). See docs/vllm.md.
     approximate: dict[str, Any] = field(default_factory=dict)
+    # compare's measured lint: renderer bias, stop-token agreement, scoring determinism (lint.py, docs/lint.md)
+    lint: Lint | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -201,6 +204,7 @@ class PairResult:
             "novelty": self.novelty.to_dict(),
             "templates": self.templates,
             "approximate": self.approximate,
+            "lint": self.lint.to_dict() if self.lint is not None else None,
         }
 
     @classmethod
@@ -224,6 +228,7 @@ class PairResult:
             novelty=Novelty.from_dict(d.get("novelty") or {}),
             templates=d.get("templates", {}),
             approximate=d.get("approximate", {}),
+            lint=Lint.from_dict(d["lint"]) if d.get("lint") else None,
         )
 
 

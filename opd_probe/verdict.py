@@ -13,12 +13,15 @@ threshold and direction, so a reader can check it against results.json. Rules (d
 - weak-signal (app. B.2): a tiny step-0 top-k reverse KL. A caution only: a small loss alone wrongly predicts
   "no gain" for a teacher that generalised further (prototype finding), so it asks for answer-based evidence
   instead of failing the pair.
+- horizon-decay (§6.1): overlap falls along the response; recommends a response-length cap.
+- template-mismatch (§5.2): teacher and student chat templates differ; informational.
+- stop-disagreement (compare's lint, docs/lint.md): at most of the states where the student stopped, the teacher
+  gives its stop token a small probability: OPD penalises every stop and responses run long (ms-swift#9526). A
+  caution. The lint's renderer bias and determinism stay warnings (docs/lint.md says why).
 
 No rule reads the other candidates of the run: a teacher gets the same status probed alone or in a set (the
 teachers it is indistinguishable from are named in messages and recommendations only). A rule relative to the
 strongest candidate in the run was removed for that reason (docs/metrics.md).
-- horizon-decay (§6.1): overlap falls along the response; recommends a response-length cap.
-- template-mismatch (§5.2): teacher and student chat templates differ; informational.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Collection
 
+from .lint import StopAgreement
 from .thresholds import Thresholds
 from .types import ContinuationGain, Reason, Verdict
 
@@ -43,6 +47,7 @@ class Evidence:
     indistinguishable_from: tuple[str, ...] = ()
     template_differs: bool = False
     template_choice: dict | None = None
+    stop: StopAgreement | None = None
 
 
 def _below(code, sev, metric, value, th, msg) -> Reason | None:
@@ -64,6 +69,7 @@ def decide(
     template_differs: bool = False,
     template_choice: dict | None = None,
     approximate: Collection[str] = (),
+    stop: StopAgreement | None = None,
 ) -> Verdict:
     """Verdict for one teacher.
 
@@ -73,9 +79,10 @@ def decide(
     ``template_choice``: the measured comparison of the student's and the teacher's own template
     (templates.compare_renderings: "recommended", "decided_by", "reason"), which replaces the generic template
     advice. ``approximate``: metrics whose values are estimates (vLLM scoring); a reason resting on one says so.
+    ``stop``: the lint's stop-token agreement (lint.py), when it was measured.
     """
     ev = Evidence(tuple(depth_overlap or ()), tuple(continuation or ()),
-                  tuple(indistinguishable_from or ()), template_differs, template_choice)
+                  tuple(indistinguishable_from or ()), template_differs, template_choice, stop)
     reasons: list[Reason] = []
     recs: list[str] = []
     _pattern_rules(pooled, th, reasons, recs)
@@ -83,6 +90,7 @@ def decide(
     _signal_rules(teacher, pooled, ev, th, novelty_known, reasons, recs)
     _horizon_rule(ev, th, reasons, recs)
     _template_rules(ev, reasons, recs)
+    _stop_rule(ev, th, reasons, recs)
     reasons = [replace(r, approximate=True, message=r.message + APPROXIMATE_NOTE) if r.metric in approximate else r
                for r in reasons]
     status = max((r.severity for r in reasons), key=SEVERITY.__getitem__, default="go")
@@ -213,6 +221,23 @@ def _template_rules(ev: Evidence, reasons: list[Reason], recs: list[str]) -> Non
     else:
         recs.append("the teacher's own template made no measurable difference at the student's states: keep "
                     "the student's template")
+
+
+def _stop_rule(ev: Evidence, th: Thresholds, reasons: list[Reason], recs: list[str]) -> None:
+    """The teacher's probability of the student's stop token where the student stopped (docs/lint.md). OPD's
+    per-token reward there is log q(stop) - log p(stop): under q < 0.1 every stop is penalised by about 2 nats or
+    more, so training teaches the student not to stop (modelscope/ms-swift#9526: lengths explode, the student
+    repeats). Thresholds provisional (thresholds.py)."""
+    st = ev.stop
+    if st is None or st.n_stops < th.stop_min_states or st.low_share is None or st.low_share <= th.stop_low_share:
+        return
+    reasons.append(Reason(
+        "stop-disagreement", "caution", "stop_low_share", round(st.low_share, 4), th.stop_low_share, ">",
+        f"at {st.low_share:.0%} of the {st.n_stops} states where the student stopped, the teacher gives its stop "
+        f"token p < {st.low_prob:g} (mean {st.teacher_prob_mean:.3f}): OPD penalises stopping and responses run "
+        "long"))
+    recs.append("align the stop tokens before OPD: the student's stop ids should hold the token the teacher ends "
+                "its turns with (opd-probe check shows both); or cap the OPD response length")
 
 
 def rank_key(status: str, pooled: dict[str, float], continuation: Collection[ContinuationGain] | None) -> tuple:

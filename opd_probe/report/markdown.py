@@ -58,6 +58,9 @@ def summary_markdown(results: ProbeResults) -> str:
     if recs:
         lines += ["", "### Recommendations", ""]
         lines += [f"- `{_md(n)}`: {_md(r)}" for n, r in recs]
+    lint = [(names[n], w) for n in results.ranking for w in by[n].warnings if w.startswith("lint: ")]
+    if lint:  # one line per pair where compare's lint found something off (docs/lint.md)
+        lines += ["", "### Lint", ""] + [f"- `{_md(n)}`: {_md(w[len('lint: '):])}" for n, w in lint]
     lines += template_markdown(results)
     if results.plan:
         lines += plan_markdown(results.plan)

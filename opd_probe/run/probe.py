@@ -22,6 +22,7 @@ from .. import __version__, costs, metrics, novelty, templates
 from ..approximations import approximation_how, approximation_warnings, approximations
 from ..backends import check_backend, load_backend_model
 from ..backends.base import ModelSpec, ScoreArrays
+from ..lint import Lint, lint_warning
 from ..config import ProbeConfig
 from ..errors import InputError
 from ..rundir import OutDir
@@ -31,6 +32,7 @@ from ..verdict import decide, rank_key
 from . import evidence
 from .preflight import fail_fast
 from .inputs import StudentSide, fresh_student_side, probe_prompts, reused_student_side
+from .lint import measure_lint
 from .renderings import score_templates
 from .stages import NullProgress, Progress, environment, free_model, load_teacher, model_spec, state_metrics
 
@@ -144,6 +146,7 @@ class _TeacherRun:
     timing: dict
     novelty: Novelty
     template_differs: bool
+    lint: Lint
 
 
 @dataclass(frozen=True)
@@ -191,13 +194,16 @@ def _run_teacher(cfg: ProbeConfig, name: str, slug: str, student: StudentSide, s
             teacher, student.rollouts, states.correct, student.answers, cfg.continuation_depths, cfg.max_new_tokens,
             seed=cfg.seed)))
         t_timing["continuation_seconds"] = time.perf_counter() - t0
+    progress.log(f"lint of {name}: renderer bias, stop-token agreement, scoring determinism")
+    pair_lint = measure_lint(teacher, student.rollouts, student.prompts, by_template, student.scores, primary,
+                             budget=cfg.score_batch_tokens, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.ci_level)
     # the "scored under the student's template" note only holds when that is the rendering the verdict uses
     differs = primary == "student" and teacher.info.get("chat_template_hash") != student.info.get("chat_template_hash")
     info = teacher.info
     free_model(teacher)
     return _TeacherRun(name=name, slug=slug, info=info, load_seconds=load_s, vocab_warnings=tuple(vocab_warnings),
                        by_template=by_template, templates=pair_templates, scores=t_scores, timing=t_timing,
-                       novelty=pair_novelty, template_differs=differs)
+                       novelty=pair_novelty, template_differs=differs, lint=pair_lint)
 
 
 def _pair_result(cfg: ProbeConfig, run: _TeacherRun, student: StudentSide,
@@ -208,7 +214,8 @@ def _pair_result(cfg: ProbeConfig, run: _TeacherRun, student: StudentSide,
     per_state = state_metrics(s, t)
     exact = metrics.exact_states(s.entropy_exact_L, t.entropy_exact_L, t.query_exact_LQ)
     approx = approximations(exact, approximation_how(s, student.info, t, run.info))
-    pair_warnings = list(run.vocab_warnings) + approximation_warnings(approx)
+    pair_warnings = list(run.vocab_warnings) + approximation_warnings(approx) + [
+        w for w in [lint_warning(run.lint)] if w]
     agg = metrics.aggregate(per_state, states.prompt_N, states.depth_N, states.n_prompts, states.edges,
                             n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.ci_level)
     pair_templates, timing = dict(run.templates), run.timing
@@ -225,9 +232,9 @@ def _pair_result(cfg: ProbeConfig, run: _TeacherRun, student: StudentSide,
         per_prompt[states.prompt_ids[pi]] = row
     pair = PairResult(
         teacher=run.name, slug=run.slug, model=run.info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
-        per_prompt=per_prompt, timings={"load_seconds": run.load_seconds, **timing},
+        per_prompt=per_prompt, timings={"load_seconds": run.load_seconds, **timing, "lint_seconds": run.lint.seconds},
         warnings=tuple(pair_warnings) + tuple(pair_templates.pop("warnings", ())),
-        novelty=run.novelty, templates=pair_templates, approximate=approx,
+        novelty=run.novelty, templates=pair_templates, approximate=approx, lint=run.lint,
     )
     return pair, per_state, exact
 
@@ -328,7 +335,8 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
         v = decide(p.teacher, _means(p), th, depth_overlap=depth,
                    continuation=p.novelty.continuation, indistinguishable_from=same.get(p.teacher),
                    template_differs=template_differs.get(p.teacher, False),
-                   template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate)
+                   template_choice=p.templates if "recommended" in p.templates else None, approximate=p.approximate,
+                   stop=p.lint.stop if p.lint is not None else None)
         out.append(replace(p, verdict=v))
     return out
 
