@@ -10,7 +10,8 @@ from ..errors import InputError
 from .opd_step import chunk_positions
 
 # --dtype auto on CPU picks bf16 (under autocast, float32 master weights) only when a forward pass of the loaded
-# student runs at least this much faster in bf16. Not tuned: a margin so timing noise cannot flip the choice.
+# student runs at least this much faster in bf16. Not measured: provisional. It keeps tiny models (0.82x) in float32,
+# but a SmolLM2-sized model measured 1.16-1.65x interleaved (docs/performance.md), so its choice can flip between runs.
 CPU_BF16_MIN_SPEEDUP = 1.3
 
 
