@@ -34,7 +34,6 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         return cls(steps=d["steps"], batch=d["batch"], max_tokens=d["max_tokens"])
@@ -131,7 +130,6 @@ def project(
     of probe rollouts that hit ``probe_max_new_tokens``. ``sampling_tokens_per_second``: response tokens sampled
     per second. ``scoring_tokens_per_second``: teacher -> (prompt + response) tokens scored per second. A rate
     that was not measured (None) gives None for the times that depend on it.
-
     """
     sequences = plan.steps * plan.batch
     mean_len = min(float(response_length_mean), float(plan.max_tokens))

@@ -86,7 +86,6 @@ def choose_cpu_autocast(student) -> tuple[bool, dict]:
     return False, {"dtype": "float32", "why": f"bf16 forward measured {speedup:.2f}x as fast"}
 
 
-
 def memory_check(cfg, spec_s, spec_t, devices, dtypes, prompt_tokens: int):
     """The estimate (verify_memory.py) for the planned step on the student's device; exit 2 with a setting that
     fits when it does not. Returns the check as a dict, or None when a config cannot be counted."""
