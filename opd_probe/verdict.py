@@ -249,3 +249,17 @@ def rank_key(status: str, pooled: dict[str, float], continuation: Collection[Con
     gain = max((c.gain for c in continuation), default=None) if continuation else None
     return (SEVERITY[status], -nz(gain) if gain is not None else 0.0, -nz(pooled.get("overlap_mass_student")),
             -nz(pooled.get("overlap_ratio")))
+
+
+def predicted_gain(pooled: dict[str, float], novelty: dict) -> float:
+    """The verdict's continuous score (docs/validation.md): the teacher's knowledge advantage on the probe prompts
+    (the depth-0 continuation gain: teacher accuracy minus student accuracy answering the prompts themselves)
+    discounted by the student's overlap mass (the share of the teacher's mass on the student's own top-k: arXiv
+    2604.13016 §3.1). NaN without answer-based evidence (no continuation at depth 0).
+
+    Version 1, written before any benchmark outcome existed (a prior, not fitted)."""
+    gain = next((c["gain"] for c in novelty.get("continuation") or () if c["depth"] == 0), None)
+    mass = pooled.get("overlap_mass_student")
+    if gain is None or mass is None:
+        return float("nan")
+    return float(gain) * float(mass)

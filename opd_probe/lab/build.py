@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .task import problem, prompt_text, sample_problems
-from .train import accuracy, make_tokenizer, new_model, save, train
+from .train import accuracy, addition_batches, make_tokenizer, new_model, save, train
 
 ZOO_DIR = Path(__file__).resolve().parent / "models"
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
@@ -135,8 +135,8 @@ def build(out: Path = ZOO_DIR, reuse: Path | None = None, log=print) -> dict:
         model = new_model(tok, seed)
         if init_from is not None:
             model.load_state_dict(models[init_from].state_dict())
-        train(model, tok, lambda rng, n, share=share: sample_problems(rng, n, share), fmt, steps, seed=seed,
-              drop_carry=drop, log=log)
+        batches = addition_batches(tok, lambda rng, n, share=share: sample_problems(rng, n, share), fmt, drop)
+        train(model, tok, batches, steps, seed=seed, log=log)
         models[name] = model
         acc[name] = {"hard": accuracy(model, tok, hard), "easy": accuracy(model, tok, easy)}
         save(model, tok, tmp / name)  # kept for inspection if a role check fails below

@@ -60,11 +60,17 @@ def _char_ids(tok) -> dict[str, int]:
     return _CHAR_IDS[key]
 
 
-def train(model, tok, problems_fn, fmt: str, steps: int, seed: int, lr: float = 3e-3, batch: int = 64,
-          warmup: int = 100, drop_carry: float = 0.0, log=None) -> None:
+def addition_batches(tok, problems_fn, fmt: str, drop_carry: float = 0.0):
+    """The zoo's ``batch_fn`` for ``train``: ``problems_fn(rng, n)`` draws n (a, b) problems, encoded in ``fmt``."""
+    return lambda rng, n: [encode(tok, a, b, fmt, rng, drop_carry) for a, b in problems_fn(rng, n)]
+
+
+def train(model, tok, batch_fn, steps: int, seed: int, lr: float = 3e-3, batch: int = 64,
+          warmup: int = 100, log=None) -> None:
     """Next-token cross-entropy on response tokens; AdamW with warmup and cosine decay.
 
-    ``problems_fn(rng, n)`` draws n (a, b) problems; a fresh batch each step (no epochs, no overfitting).
+    ``batch_fn(rng, n)`` returns n (prompt ids, response ids) pairs; a fresh batch each step (no epochs, no
+    overfitting).
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -73,7 +79,7 @@ def train(model, tok, problems_fn, fmt: str, steps: int, seed: int, lr: float = 
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.train()
     for step in range(steps):
-        seqs = [encode(tok, a, b, fmt, rng, drop_carry) for a, b in problems_fn(rng, batch)]
+        seqs = batch_fn(rng, batch)
         T = max(len(p) + len(r) for p, r in seqs)
         ids = torch.full((batch, T), tok.pad_token_id)
         labels = torch.full((batch, T), -100)

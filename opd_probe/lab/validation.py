@@ -138,6 +138,13 @@ def rules_hash(thresholds: dict, sources: Sequence[str | Path] | None = None) ->
     return h.hexdigest()[:16]
 
 
+def current_rules_hash() -> str:
+    """The hash of the rules in force: verdict.py, thresholds.py and the default thresholds' values."""
+    from ..thresholds import Thresholds
+
+    return rules_hash(Thresholds().to_dict())
+
+
 def check_rules_hash(predictions: dict, current: str) -> None:
     """Refuse to score held-out outcomes against predictions that other rules made (pre-registration)."""
     made_with = predictions.get("rules_hash")

@@ -1,0 +1,167 @@
+"""The validation benchmark's predictions and its scorecard (docs/validation.md): pure reads of the probe and outcome
+records that opd_probe.lab.bench wrote, plus the statistics of validation.py.
+
+Predictors, each judged on the same pairs (cold-start pairs are a recommendation check, reported apart):
+
+- the verdict (GO = predicts "works") and its continuous score (verdict.predicted_gain);
+- always warn, always go;
+- teacher accuracy (the teacher's hard held-out accuracy; as a rule, its threshold fitted on dev), and for the
+  ranking "the most accurate teacher";
+- one probe metric alone (step-0 top-k KL, overlap ratio, overlap mass): threshold and direction fitted on dev.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .bench import outcome_path, pair_id, probe_path, split_pairs
+from .bench_models import BENCH_DIR
+from .validation import (auroc, balanced_accuracy, bootstrap_ci, check_rules_hash, current_rules_hash,
+                         fit_threshold, spearman, top1_regret)
+
+SINGLE = {"step-0 top-k KL": "topk_reverse_kl", "overlap ratio": "overlap_ratio",
+          "overlap mass": "overlap_mass_student"}
+
+
+def probe_row(p: dict, root: Path = BENCH_DIR) -> dict:
+    rec = json.loads(probe_path(p["family"], p["student"], root).read_text())
+    return rec["pairs"][p["teacher"]]
+
+
+def teacher_accuracy(p: dict, root: Path = BENCH_DIR) -> float:
+    man = json.loads((root / "models" / p["family"] / "manifest.json").read_text())
+    return man["models"][p["teacher"]]["heldout_accuracy"]["hard"]
+
+
+def score_of(row: dict) -> float:
+    from ..verdict import predicted_gain
+
+    return predicted_gain(row["metrics"], row["novelty"])
+
+
+def predict(spec: dict, split: str, root: Path = BENCH_DIR) -> dict:
+    """predictions-SPLIT.json: per pair the verdict, its reasons and the continuous score; per student the ranking;
+    the probe settings and the rules hash they were made with."""
+    pairs = []
+    for p in split_pairs(spec, split):
+        row = probe_row(p, root)
+        pairs.append({"pair": p, "verdict": row["verdict"], "reasons": row["reasons"], "score": score_of(row)})
+    rankings: dict[str, list[str]] = {}
+    for q in sorted((q for q in pairs if not q["pair"].get("cold_start")), key=lambda q: -q["score"]):
+        rankings.setdefault(f"{q['pair']['family']}/{q['pair']['student']}", []).append(q["pair"]["teacher"])
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    doc = {"split": split, "rules_hash": current_rules_hash(), "made_at": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "code_commit": commit, "probe": spec["probe"], "pairs": pairs, "rankings": rankings}
+    out = root / f"predictions-{split}.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"{len(pairs)} predictions -> {out} (rules {doc['rules_hash']}); commit it before measuring outcomes")
+    return doc
+
+
+def rows(spec: dict, split: str, root: Path = BENCH_DIR) -> list[dict]:
+    """One row per scored pair: prediction (from the frozen predictions file), probe metrics, outcome."""
+    pred = json.loads((root / f"predictions-{split}.json").read_text())
+    check_rules_hash(pred, current_rules_hash())
+    by_id = {(q["pair"]["family"], pair_id(q["pair"])): q for q in pred["pairs"]}
+    out = []
+    for p in split_pairs(spec, split):
+        path = outcome_path(p, root)
+        if not path.exists():
+            continue
+        o = json.loads(path.read_text())
+        q = by_id[(p["family"], pair_id(p))]
+        out.append({"pair": p, "id": f"{p['family']}/{pair_id(p)}", "verdict": q["verdict"], "reasons": q["reasons"],
+                    "score": q["score"], "metrics": probe_row(p, root)["metrics"],
+                    "teacher_acc": teacher_accuracy(p, root), "label": o["label"],
+                    "gain": o["intervals"]["teacher_vs_baseline"], "vs_control": o["intervals"]["teacher_vs_control"],
+                    "retention": o["intervals"]["retention_teacher_vs_baseline"], "gap_recovery": o["gap_recovery"],
+                    "accuracy": o["accuracy"], "cold_start": o.get("cold_start")})
+    return out
+
+
+def _clusters(rs: list[dict]) -> list[str]:
+    return [f"{r['pair']['family']}/{r['pair']['student']}" for r in rs]
+
+
+def rule_predictions(dev: list[dict], test: list[dict]) -> dict[str, dict]:
+    """Each predictor's (binary prediction, continuous score) on ``test``; single-metric and teacher-accuracy
+    thresholds fitted on ``dev`` (balanced accuracy), the direction too."""
+    preds = {"verdict": ([r["verdict"] == "go" for r in test], [r["score"] for r in test]),
+             "always warn": ([False] * len(test), None), "always go": ([True] * len(test), None)}
+    dev_works = [r["label"] == "works" for r in dev]
+    features = {"teacher accuracy": lambda r: r["teacher_acc"],
+                **{name: (lambda r, m=m: r["metrics"][m]) for name, m in SINGLE.items()}}
+    for name, f in features.items():
+        t, higher = fit_threshold([f(r) for r in dev], dev_works)
+        s = np.array([f(r) for r in test], dtype=float)
+        preds[name] = (list(s >= t if higher else s <= t), list(s if higher else -s))
+    return preds
+
+
+def measures(test: list[dict], preds: dict, n_boot: int = 2000) -> dict:
+    """Balanced accuracy and AUROC of every predictor with bootstrap 95% intervals (whole students resampled)."""
+    works = np.array([r["label"] == "works" for r in test])
+    cl = _clusters(test)
+    out = {}
+    for name, (binary, score) in preds.items():
+        b = np.array(binary, dtype=bool)
+        m = {"balanced_accuracy": balanced_accuracy(b, works),
+             "ba_ci": bootstrap_ci(lambda i: balanced_accuracy(b[i], works[i]), len(test), clusters=cl, n_boot=n_boot),
+             "right": int((b == works).sum())}
+        if score is not None:
+            s = np.array(score, dtype=float)
+            m["auroc"] = auroc(s, works)
+            m["auroc_ci"] = bootstrap_ci(lambda i: auroc(s[i], works[i]), len(test), clusters=cl, n_boot=n_boot)
+        out[name] = m
+    return out
+
+
+def ranking_measures(test: list[dict], key) -> dict:
+    """Within-student Spearman of ``key`` vs realised gain (students with >= 4 candidates) and top-1 regret."""
+    by: dict[str, list[dict]] = {}
+    for r in test:
+        by.setdefault(f"{r['pair']['family']}/{r['pair']['student']}", []).append(r)
+    rhos, regrets = {}, {}
+    for student, rs in by.items():
+        gains = {r["pair"]["teacher"]: r["gain"]["mean"] for r in rs}
+        ranked = [r["pair"]["teacher"] for r in sorted(rs, key=lambda r: -key(r))]
+        regrets[student] = top1_regret(gains, ranked)
+        if len(rs) >= 4:
+            rhos[student] = spearman([key(r) for r in rs], [r["gain"]["mean"] for r in rs])
+    finite = [v for v in rhos.values() if np.isfinite(v)]
+    return {"spearman": rhos, "spearman_mean": float(np.mean(finite)) if finite else float("nan"),
+            "regret": regrets, "regret_mean": float(np.mean(list(regrets.values()))) if regrets else float("nan")}
+
+
+def scorecard(dev: list[dict], test: list[dict]) -> dict:
+    """The table of one split: counts, confusion matrix, every predictor's measures, the rankings."""
+    main = [r for r in test if not r["pair"].get("cold_start") and r["label"] != "unclear"]
+    dev_main = [r for r in dev if not r["pair"].get("cold_start") and r["label"] != "unclear"]
+    preds = rule_predictions(dev_main, main)
+    ranked = [r for r in test if not r["pair"].get("cold_start")]
+    confusion = {v: {lab: sum(r["verdict"] == v and r["label"] == lab for r in main) for lab in ("works", "fails")}
+                 for v in ("go", "caution", "no-go")}
+    return {"pairs": len(test), "scored": len(main), "working": sum(r["label"] == "works" for r in main),
+            "unclear": sum(r["label"] == "unclear" for r in test if not r["pair"].get("cold_start")),
+            "confusion": confusion, "predictors": measures(main, preds),
+            "ranking": {"verdict score": ranking_measures(ranked, lambda r: r["score"]),
+                        "teacher accuracy": ranking_measures(ranked, lambda r: r["teacher_acc"])}}
+
+
+def score(spec: dict, root: Path = BENCH_DIR) -> dict:
+    dev = rows(spec, "dev", root)
+    report = {"dev": scorecard(dev, dev)}
+    held = rows(spec, "heldout", root) if (root / "predictions-heldout.json").exists() else []
+    if held:
+        report["heldout"] = scorecard(dev, held)
+    keep = ("id", "verdict", "reasons", "score", "teacher_acc", "label", "gain", "vs_control", "retention",
+            "gap_recovery", "metrics")
+    report["rows"] = {"dev": [{k: r[k] for k in keep} for r in dev], "heldout": [{k: r[k] for k in keep} for r in held]}
+    (root / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1, default=float))
+    return report
