@@ -65,7 +65,15 @@ def label(intervals: dict, rule: dict) -> str:
 
 
 def outcome_path(p: dict, root: Path = BENCH_DIR) -> Path:
-    return root / "outcomes" / p["family"] / f"{pair_id(p)}.json"
+    """outcomes/FAMILY/PAIR.json; the sampled-token subset's (``p["loss"] == "sampled"``) under FAMILY/sampled/."""
+    sub = ("sampled",) if p.get("loss") == "sampled" else ()
+    return root.joinpath("outcomes", p["family"], *sub, f"{pair_id(p)}.json")
+
+
+def sampled_pairs(spec: dict, split: str) -> list[dict]:
+    """The secondary labels: spec's sampled_subset pairs, per family of the split, with the sampled-token loss."""
+    return [{"family": fam, "cold_start": 0, "loss": "sampled", **q}
+            for fam in spec["split"][split] for q in spec["sampled_subset"]["pairs"]]
 
 
 def run_pair(p: dict, spec: dict, work: str, root: str) -> dict:
@@ -76,10 +84,10 @@ def run_pair(p: dict, spec: dict, work: str, root: str) -> dict:
 
     torch.set_num_threads(1)
     root_p = Path(root)
-    opd = dict(spec["opd"])
+    opd = dict(spec["opd"], loss=p.get("loss", spec["opd"]["loss"]))
     pdir = prompts_dir(p["family"], root_p)
     files = {k: str(pdir / opd.pop(k)) for k in ("prompts", "eval_prompts", "retain_prompts")}
-    out = Path(work) / p["family"] / pair_id(p)
+    out = Path(work).joinpath(p["family"], *(("sampled",) if p.get("loss") == "sampled" else ()), pair_id(p))
     cfg = VerifyConfig(student=model_dir(p["family"], p["student"], root_p),
                        teacher=model_dir(p["family"], p["teacher"], root_p), out=str(out), **files, **opd,
                        max_new_tokens=FAMILIES[p["family"]].max_new_tokens, cold_start=p.get("cold_start", 0),
@@ -90,7 +98,10 @@ def run_pair(p: dict, spec: dict, work: str, root: str) -> dict:
     keep = ("mean", "low", "high", "per_seed", "se_seed")
     rec = {"pair": p, "intervals": {k: {f: v[f] for f in keep} for k, v in ex["intervals"].items() if v},
            "accuracy": ex["accuracy"], "gap_recovery": ex["gap_recovery"], "verify_verdict": res.outcome,
-           "cold_start": res.experiment.get("cold_start"), "seconds": round(time.perf_counter() - t0, 1)}
+           "cold_start": [{k: r["cold_start"][k] for k in ("reached", "epochs_run", "before", "after")}
+                          for r in res.arms["teacher"] if r.get("cold_start")],
+           "teacher_step0": {k: v for k, v in res.step0.items() if k != "top_k"},
+           "seconds": round(time.perf_counter() - t0, 1)}
     rec["label"] = label(rec["intervals"], spec["outcome"])
     path = outcome_path(p, root_p)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,15 +130,18 @@ def guard_heldout(root: Path = BENCH_DIR) -> None:
     check_rules_hash(json.loads(pred.read_text()), current_rules_hash())
 
 
-def outcomes(spec: dict, split: str, work: Path, workers: int, root: Path = BENCH_DIR, log=print) -> list[dict]:
-    """Every missing outcome of the split, ``workers`` verify runs at a time (one thread each). The first pair of
-    each student goes first, so its control arm is cached before the student's other pairs need it."""
+def outcomes(spec: dict, split: str, work: Path, workers: int, root: Path = BENCH_DIR, sampled: bool = False,
+             log=print) -> list[dict]:
+    """Every missing outcome of the split (``sampled``: of its sampled-token subset), ``workers`` verify runs at a
+    time (one thread each). The first pair of each student goes first, so its control arm is cached before the
+    student's other pairs need it."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if split == "heldout":
         guard_heldout(root)
-    todo = [p for p in split_pairs(spec, split) if not outcome_path(p, root).exists()]
+    pairs = sampled_pairs(spec, split) if sampled else split_pairs(spec, split)
+    todo = [p for p in pairs if not outcome_path(p, root).exists()]
     firsts = list({(p["family"], p["student"], p.get("cold_start", 0)): p for p in reversed(todo)}.values())[::-1]
     waves = [firsts, [p for p in todo if p not in firsts]]
     done = []
@@ -148,9 +162,11 @@ def probe_path(family: str, student: str, root: Path = BENCH_DIR) -> Path:
     return root / "probes" / family / f"{student}.json"
 
 
-def run_probes(spec: dict, split: str, work: Path, root: Path = BENCH_DIR, log=print) -> None:
+def run_probes(spec: dict, split: str, work: Path, root: Path = BENCH_DIR, records: Path | None = None,
+               log=print) -> None:
     """`compare` of each student of the split with all its candidate teachers, as a user runs it; per pair the
-    pooled metrics, novelty evidence and verdict are kept (probes/FAMILY/STUDENT.json)."""
+    pooled metrics, novelty evidence and verdict are kept (``records``, default ``root``: probes/FAMILY/STUDENT.json)."""
+    import pandas as pd
     import torch
 
     from ..config import ProbeConfig
@@ -177,9 +193,14 @@ def run_probes(spec: dict, split: str, work: Path, root: Path = BENCH_DIR, log=p
             rows[teacher] = {"metrics": {m: pair.pooled[m].mean for m in KEEP if m in pair.pooled},
                              "novelty": pair.novelty.to_dict(), "verdict": pair.verdict.status,
                              "reasons": [r.code for r in pair.verdict.reasons if r.severity != "info"]}
-        path = probe_path(fam, student, root)
+        states = pd.read_parquet(Path(cfg.out) / "states.parquet", columns=["teacher", "topk_coverage_student"])
+        cov = states[states["teacher"] == states["teacher"].iloc[0]]["topk_coverage_student"].to_numpy()
+        path = probe_path(fam, student, records or root)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"student": student, "family": fam, "settings": ps, "pairs": rows}, indent=1) + "\n")
+        path.write_text(json.dumps({"student": student, "family": fam, "settings": ps, "states": int(len(cov)),
+                                    # the issue's check that top-16 is not tail noise: share of partial top-k states
+                                    "share_topk_coverage_below_0.99": float((cov < 0.99).mean()),
+                                    "pairs": rows}, indent=1) + "\n")
         log(f"probed {fam} {student} with {len(teachers)} teachers ({time.perf_counter() - t0:.0f} s)")
 
 
@@ -190,12 +211,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/opd-probe-bench"),
                     help="verify / compare run folders (large; not committed)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--sampled", action="store_true", help="outcomes: the sampled-token subset (secondary labels)")
     args = ap.parse_args()
     spec = load_spec()
     if args.step == "probe":
         run_probes(spec, args.split, args.work / "probes")
     elif args.step == "outcomes":
-        outcomes(spec, args.split, args.work / "verify", args.workers)
+        outcomes(spec, args.split, args.work / "verify", args.workers, sampled=args.sampled)
     else:
         from .bench_score import predict, score
 

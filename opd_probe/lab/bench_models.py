@@ -34,7 +34,6 @@ from .train import new_model, save, train
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "validation"
 STUDENT_FLAW = 0.7
 HARD_SHARE = 0.4
-STEPS = 600
 
 
 def _knowledge(family: str, level: float) -> Style:
@@ -54,8 +53,9 @@ def recipes(family: str) -> dict[str, dict]:
     for mix in (0.9, 0.6, 0.35, 0.15):
         r[f"m{round(mix * 100):02d}"] = dict(style=Style(mix=mix), seed=20 + round(mix * 100))
     r["large"] = dict(style=student, seed=30, width=192, layers=3)
-    r["succ"] = dict(style=Style(), seed=40, init_from="s0", steps=300)
-    return {k: {"width": 128, "layers": 2, "steps": STEPS, "init_from": None, **v} for k, v in r.items()}
+    steps = FAMILIES[family].train_steps
+    r["succ"] = dict(style=Style(), seed=40, init_from="s0", steps=steps // 2)
+    return {k: {"width": 128, "layers": 2, "steps": steps, "init_from": None, **v} for k, v in r.items()}
 
 
 def style_dict(s: Style) -> dict:
@@ -173,10 +173,12 @@ def build_family(family: str, out: Path, only: list[str] | None = None, log=prin
         acc = {"hard": accuracy(model, tok, F, hard), "easy": accuracy(model, tok, F, easy)}
         save(model.to(torch.bfloat16), tok, fam_dir / name)
         model.to(torch.float32)
-        manifest["models"][name] = {**{k: v for k, v in rc.items() if k != "style"}, "style": style_dict(rc["style"]),
-                                    "heldout_accuracy": acc, "train_seconds": round(time.perf_counter() - t0, 1)}
-        log(f"[{family}]   {name}: hard {acc['hard']:.3f} easy {acc['easy']:.3f} "
-            f"({manifest['models'][name]['train_seconds']:.0f} s)")
+        entry = {**{k: v for k, v in rc.items() if k != "style"}, "style": style_dict(rc["style"]),
+                 "heldout_accuracy": acc, "train_seconds": round(time.perf_counter() - t0, 1)}
+        log(f"[{family}]   {name}: hard {acc['hard']:.3f} easy {acc['easy']:.3f} ({entry['train_seconds']:.0f} s)")
+        # re-read before writing: builds of one family may run in parallel processes (--only), one entry each
+        manifest = json.loads(man_path.read_text()) if man_path.exists() else {"models": {}}
+        manifest["models"][name] = entry
         manifest["torch"] = torch.__version__
         man_path.write_text(json.dumps(manifest, indent=2) + "\n")
     write_prompts(F, out.parent / "prompts" / family)

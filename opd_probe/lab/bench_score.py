@@ -44,12 +44,13 @@ def score_of(row: dict) -> float:
     return predicted_gain(row["metrics"], row["novelty"])
 
 
-def predict(spec: dict, split: str, root: Path = BENCH_DIR) -> dict:
+def predict(spec: dict, split: str, root: Path = BENCH_DIR, records: Path | None = None, write: bool = True) -> dict:
     """predictions-SPLIT.json: per pair the verdict, its reasons and the continuous score; per student the ranking;
-    the probe settings and the rules hash they were made with."""
+    the probe settings and the rules hash they were made with. ``records``: where the probe records are (default
+    ``root``); ``write=False`` returns the document only."""
     pairs = []
     for p in split_pairs(spec, split):
-        row = probe_row(p, root)
+        row = probe_row(p, records or root)
         pairs.append({"pair": p, "verdict": row["verdict"], "reasons": row["reasons"], "score": score_of(row)})
     rankings: dict[str, list[str]] = {}
     for q in sorted((q for q in pairs if not q["pair"].get("cold_start")), key=lambda q: -q["score"]):
@@ -57,6 +58,8 @@ def predict(spec: dict, split: str, root: Path = BENCH_DIR) -> dict:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     doc = {"split": split, "rules_hash": current_rules_hash(), "made_at": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "code_commit": commit, "probe": spec["probe"], "pairs": pairs, "rankings": rankings}
+    if not write:
+        return doc
     out = root / f"predictions-{split}.json"
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{len(pairs)} predictions -> {out} (rules {doc['rules_hash']}); commit it before measuring outcomes")
@@ -97,7 +100,10 @@ def rule_predictions(dev: list[dict], test: list[dict]) -> dict[str, dict]:
     features = {"teacher accuracy": lambda r: r["teacher_acc"],
                 **{name: (lambda r, m=m: r["metrics"][m]) for name, m in SINGLE.items()}}
     for name, f in features.items():
-        t, higher = fit_threshold([f(r) for r in dev], dev_works)
+        try:
+            t, higher = fit_threshold([f(r) for r in dev], dev_works)
+        except ValueError:  # dev has one class only: no rule to fit
+            continue
         s = np.array([f(r) for r in test], dtype=float)
         preds[name] = (list(s >= t if higher else s <= t), list(s if higher else -s))
     return preds
@@ -163,5 +169,51 @@ def score(spec: dict, root: Path = BENCH_DIR) -> dict:
             "gap_recovery", "metrics")
     report["rows"] = {"dev": [{k: r[k] for k in keep} for r in dev], "heldout": [{k: r[k] for k in keep} for r in held]}
     (root / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1, default=float))
+    (root / "report.md").write_text(markdown(report))
+    print(markdown(report))
     return report
+
+
+def _f(x, d: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+
+
+def _ci(v, ci) -> str:
+    return f"{_f(v)} [{_f(ci[0])}, {_f(ci[1])}]" if ci else _f(v)
+
+
+def markdown(report: dict) -> str:
+    """docs/validation.md's result tables from report.json: per split the predictors side by side, the confusion
+    matrix, the ranking measures, then one row per pair."""
+    out = []
+    for split in ("heldout", "dev"):
+        card = report.get(split)
+        if not card:
+            out.append(f"### {split}: not measured yet\n")
+            continue
+        out += [f"### {split} ({card['scored']} pairs scored, {card['working']} work; {card['unclear']} unclear left "
+                f"out; {card['pairs']} measured in all)", "",
+                "| predictor | right | balanced accuracy [95% CI] | AUROC [95% CI] |", "|---|---|---|---|"]
+        for name, m in card["predictors"].items():
+            out.append(f"| {name} | {m['right']}/{card['scored']} | {_ci(m['balanced_accuracy'], m['ba_ci'])} | "
+                       f"{_ci(m['auroc'], m['auroc_ci']) if 'auroc' in m else '–'} |")
+        out += ["", "| verdict | works | fails |", "|---|---|---|"]
+        out += [f"| {v} | {c['works']} | {c['fails']} |" for v, c in card["confusion"].items()]
+        out += ["", "| ranking by | within-student Spearman (per student) | mean | top-1 regret (per student) | mean |",
+                "|---|---|---|---|---|"]
+        for name, r in card["ranking"].items():
+            rho = ", ".join(f"{k.split('/')[1]} {_f(v)}" for k, v in r["spearman"].items())
+            reg = ", ".join(f"{k.split('/')[1]} {_f(v, 3)}" for k, v in r["regret"].items())
+            out.append(f"| {name} | {rho} | {_f(r['spearman_mean'])} | {reg} | {_f(r['regret_mean'], 3)} |")
+        out.append("")
+    out += ["### Every pair", "", "| pair | verdict (reasons) | score | teacher acc | mass | ratio | top-k KL | "
+            "gain [95% CI] | vs control | retention | label |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for split in ("dev", "heldout"):
+        for r in report["rows"].get(split, []):
+            m, g = r["metrics"], r["gain"]
+            out.append(f"| {r['id']} ({split}) | {r['verdict']} ({', '.join(r['reasons']) or '–'}) | "
+                       f"{_f(r['score'], 3)} | {_f(r['teacher_acc'])} | {_f(m['overlap_mass_student'])} | "
+                       f"{_f(m['overlap_ratio'])} | {_f(m['topk_reverse_kl'], 3)} | {g['mean']:+.3f} "
+                       f"[{g['low']:+.3f}, {g['high']:+.3f}] | {r['vs_control']['mean']:+.3f} | "
+                       f"{r['retention']['mean']:+.3f} | {r['label']} |")
+    return "\n".join(out) + "\n"

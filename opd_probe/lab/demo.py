@@ -53,6 +53,15 @@ def ground_truth() -> dict | None:
     return json.loads(GROUND_TRUTH.read_text()) if GROUND_TRUTH.exists() else None
 
 
+def validation_report() -> dict | None:
+    """The validation benchmark's scorecard (benchmarks/validation/report.json, docs/validation.md), when this is a
+    source checkout that has one."""
+    from .bench_models import BENCH_DIR
+
+    path = BENCH_DIR / "report.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def smollm2_config(out: Path, cache: Path | None, log: Callable[[str], None]) -> ProbeConfig:
     from .smollm2 import default_cache_dir, smollm2_available, smollm2_dir
 

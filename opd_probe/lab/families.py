@@ -6,10 +6,10 @@ Every text is a sequence of *pieces*, each one token: a digit (``"7"``, or ``" 7
 word (``" bako"``). ``tokenizer()`` splits text back into exactly these pieces (tested), so training encodes by
 dictionary lookup. Both families share one tokenizer (each family alone uses more than 256 of its tokens).
 
-    add      ``0123 + 4567 >``  ->  `` 3 P 7 C 0 G 10 S 2 P 6 C 1 G 9 S ... Answer: 4690``
-             four digit steps right to left; P, C, G, S are connector words, each drawn from the format's 32
+    add      ``123 + 567 >``  ->  `` 3 P 7 C 0 G 10 S 2 P 6 C 1 G 9 S 1 P 5 C 0 G 6 S Answer: 690``
+             three digit steps right to left; P, C, G, S are connector words, each drawn from the format's 32
              synonyms per slot, and each step names its digits in either order. The student's flaw (the zoo's): a
-             5-digit sum's answer drops its leading carry digit with probability ``flaw``.
+             4-digit sum's answer drops its leading carry digit with probability ``flaw``.
     lookup   ``price kuto bame lisa >``  ->  `` bame I 5 S kuto I 3 S lisa I 2 S Answer: 352``
              a memorised price table (64 items, prices 1-9); the steps visit the items in any order (6 orders), the
              answer lists the prices in prompt order. The student's flaw: for the 24 hard items its data shows a
@@ -87,23 +87,21 @@ def _digits(s: str, lead_space: bool = True) -> list[str]:
 
 class Add:
     name = "add"
-    max_new_tokens = 56  # longest response: 4 steps x 9 pieces + " Answer:" + 5 digits + EOS = 43
+    max_new_tokens = 48  # longest response: 3 steps x 9 pieces + " Answer:" + 4 digits + EOS = 33
+    train_steps = 800  # 600 left 2 of 6 models unable to add (easy accuracy 0.35-0.50) with 4-digit operands
 
     @staticmethod
     def problem(rng: random.Random, kind: str) -> tuple[int, int]:
-        if kind == "hard":  # a 5-digit sum: the flaw's state
-            a = rng.randrange(5000, 10000)
-            b = rng.randrange(10000 - a, 10000)
+        if kind == "hard":  # a 4-digit sum: the flaw's state
+            a = rng.randrange(500, 1000)
+            b = rng.randrange(1000 - a, 1000)
             return (a, b) if rng.random() < 0.5 else (b, a)
-        while True:
-            a, b = rng.randrange(0, 5000), rng.randrange(0, 5000)
-            if kind == "easy" or a + b >= 1000:
-                return a, b
+        return rng.randrange(0, 500), rng.randrange(0, 500)
 
     @staticmethod
     def prompt(p: tuple[int, int]) -> list[str]:
         a, b = p
-        return _digits(f"{a:04d}", False) + [" +"] + _digits(f"{b:04d}")
+        return _digits(f"{a:03d}", False) + [" +"] + _digits(f"{b:03d}")
 
     @staticmethod
     def answer(p: tuple[int, int]) -> str:
@@ -114,7 +112,7 @@ class Add:
         a, b = p
         out: list[str] = []
         carry = 0
-        for x, y in zip(f"{a:04d}"[::-1], f"{b:04d}"[::-1]):
+        for x, y in zip(f"{a:03d}"[::-1], f"{b:03d}"[::-1]):
             if rng.random() < 0.5:
                 x, y = y, x
             s = int(x) + int(y) + carry
@@ -123,7 +121,7 @@ class Add:
                     _slot(ADD_SLOTS, "S", style, rng)]
             carry = s // 10
         ans = str(a + b)
-        if style.flaw > 0 and len(ans) == 5 and rng.random() < style.flaw:
+        if style.flaw > 0 and len(ans) == 4 and rng.random() < style.flaw:
             ans = ans[1:]
         return out + [ANSWER] + _digits(ans)
 
@@ -131,6 +129,7 @@ class Add:
 class Lookup:
     name = "lookup"
     max_new_tokens = 32  # 3 steps x 4 pieces + " Answer:" + 3 digits + EOS = 17
+    train_steps = 600
 
     @staticmethod
     def problem(rng: random.Random, kind: str) -> tuple[str, ...]:

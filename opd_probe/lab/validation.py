@@ -116,6 +116,8 @@ def fit_threshold(score: Sequence[float], works: Sequence[bool]) -> tuple[float,
     cands = np.unique(s[np.isfinite(s)])
     if not len(cands):
         raise ValueError("no finite score to fit a threshold on")
+    if w.all() or not w.any():
+        raise ValueError("fitting a threshold needs working and failing pairs")
     best: list[tuple[float, bool]] = []
     best_acc = -1.0
     for higher in (True, False):
