@@ -401,9 +401,9 @@ def demo(
 
 
 def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
-    from .lab.demo import ground_truth, prediction_rows, scorecard, zoo_configs
+    from .lab.demo import ground_truth, prediction_rows, scorecard, validation_report, zoo_configs
     from .run.probe import run_probe
-    from .report.console import RichProgress, print_prediction_table, print_results
+    from .report.console import RichProgress, print_prediction_table, print_results, print_validation_headline
     from .report.html import write_html
     from .rundir import atomic_write_text, dumps
     from .report.markdown import summary_markdown
@@ -421,9 +421,11 @@ def _zoo_demo(out: Path, json_out: bool, quiet: bool) -> int:
     html = Path(out) / "report.html"
     size = write_html([cfg.out for cfg in configs], html)
     if json_out:
-        sys.stdout.write(dumps({"runs": [r.to_dict() for r in results], "predictions": rows}) + "\n")
+        sys.stdout.write(dumps({"runs": [r.to_dict() for r in results], "predictions": rows,
+                                "validation": (validation_report() or {}).get("heldout")}) + "\n")
     else:
         print_prediction_table(rows, stdout, scorecard(rows))
+        print_validation_headline(validation_report(), stdout)
     stderr.print(f"[dim]wrote {', '.join(c.out for c in configs)} and {html} "
                  f"({size / 1024:.0f} KiB)[/dim]")
     return EXIT_OK

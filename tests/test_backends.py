@@ -178,9 +178,11 @@ def test_exact_states_names_what_rests_on_estimates():
     ent_s = np.array([True, True, False])
     q = np.array([[True, True], [True, False], [True, True]])
     got = metrics.exact_states(ent_s, None, q)
-    assert set(got) == {"entropy_gap", "entropy_gap_signed", "student_entropy", "topk_reverse_kl"}
+    assert set(got) == {"entropy_gap", "entropy_gap_signed", "student_entropy", "topk_reverse_kl", "support_mass",
+                        "unsupported"}
     assert got["entropy_gap"].tolist() == [True, True, False]
     assert got["topk_reverse_kl"].tolist() == [True, False, True]
+    assert got["support_mass"].tolist() == got["unsupported"].tolist() == [True, False, True]
     assert metrics.exact_states(None, None, None) == {}
 
 

@@ -129,10 +129,10 @@ def test_held_out_outcomes_are_refused_until_the_predictions_are_committed(tmp_p
         bench.guard_heldout(root)
 
 
-def test_predicted_gain_is_the_depth0_gain_discounted_by_overlap_mass():
+def test_predicted_gain_is_the_depth0_gain_on_the_supported_share():
     nov = {"continuation": [{"depth": 0, "gain": 0.5}, {"depth": 8, "gain": 0.9}]}
-    assert predicted_gain({"overlap_mass_student": 0.8}, nov) == pytest.approx(0.4)
-    assert np.isnan(predicted_gain({"overlap_mass_student": 0.8}, {}))
+    assert predicted_gain({"unsupported": 0.2, "overlap_mass_student": 0.3}, nov) == pytest.approx(0.4)
+    assert np.isnan(predicted_gain({"unsupported": 0.2}, {}))  # no answers probed: no score
 
 
 def test_ranking_measures_by_hand():

@@ -500,7 +500,7 @@ def test_config_file_values_are_used_and_typed_flags_win(captured, tmp_path):
     cfg = tmp_path / "opd.toml"
     cfg.write_text('[tool.opd-probe]\nsamples = 1\nlimit = 2\ntop_k = 8\ncontinuation_depths = [0, 64]\n'
                    'template = ["student", "teacher"]\nchat_template = false\nfail_on = ["no-go", "caution"]\n'
-                   '[tool.opd-probe.thresholds]\nmass_nogo = 0.7\n')
+                   '[tool.opd-probe.thresholds]\nunsupported_nogo = 0.7\n')
     # --top-k 16 is the default value, typed: a flag on the command line beats the file even then
     run = cli("compare", "S", "T", "--out", "o", "--config", cfg, "--samples", "3", "--top-k", "16", "--gate")
     assert run.code == 0, run.err
@@ -508,7 +508,7 @@ def test_config_file_values_are_used_and_typed_flags_win(captured, tmp_path):
     assert (got.samples, got.top_k) == (3, 16)  # flags over the file
     assert got.limit == 2 and got.continuation_depths == (0, 64) and got.template == ("student", "teacher")
     assert got.chat_template is False  # the file sets the field; the flag is --no-chat-template
-    assert captured["thresholds"].mass_nogo == 0.7
+    assert captured["thresholds"].unsupported_nogo == 0.7
     assert captured["fail_on"] == ("no-go", "caution")  # the file's gate statuses, used with --gate
 
 

@@ -26,11 +26,11 @@ def test_the_flags_dict_is_not_changed():
 
 
 def test_lists_thresholds_and_fail_on():
-    table = {"continuation_depths": [0, 256], "template": ["student", "teacher"], "thresholds": {"mass_nogo": 0.7},
+    table = {"continuation_depths": [0, 256], "template": ["student", "teacher"], "thresholds": {"unsupported_nogo": 0.7},
              "fail_on": "caution"}
     s = merge_config_file(FLAGS, set(), table, "f.toml")
     assert s.values["continuation_depths"] == (0, 256) and s.values["template"] == ("student", "teacher")
-    assert s.thresholds == {"mass_nogo": 0.7}
+    assert s.thresholds == {"unsupported_nogo": 0.7}
     assert s.fail_on == ("caution",)
     assert merge_config_file(FLAGS, set(), {"fail_on": ["no-go", "caution"]}, "f").fail_on == ("no-go", "caution")
 

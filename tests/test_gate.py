@@ -95,12 +95,12 @@ def test_full_run_verdicts_and_gate(full, student, close, other):
     assert verdict(doc, close)["reasons"] == []
     assert {r["code"] for r in verdict(doc, other)["reasons"]} == {"pattern-mismatch"}
     assert any("--cold-start" in r for r in verdict(doc, other)["recommendations"])
-    assert doc["thresholds"]["overlap_nogo"] == 0.5
+    assert doc["thresholds"]["unsupported_nogo"] == 0.05
 
 
 def test_stdout_shows_statuses_and_reasons(full):
     run = full[0]
-    for word in ("GO", "CAUTION", "NO-GO", "weak-signal", "pattern-mismatch", "overlap_mass_student"):
+    for word in ("GO", "CAUTION", "NO-GO", "weak-signal", "pattern-mismatch", "unsupported"):
         assert word in run.out, word
     assert "gate tripped" in run.err
     assert not run.out.lstrip().startswith("{")
@@ -176,19 +176,19 @@ def test_bad_fail_on_is_exit_2(student, tmp_path, value):
 
 def test_thresholds_from_flags_turn_the_pattern_reasons_off(other, student, tmp_path):
     flags = ["--gate"]
-    for item in ("overlap_nogo=0.0", "mass_nogo=0.0", "overlap_caution=0", "mass_caution=0",
-                 "entropy_gap_caution=100"):
+    for item in ("unsupported_nogo=1.0", "entropy_gap_caution=100"):
         flags += ["--threshold", item]
     run = compare(student, other, out=tmp_path / "run", extra=flags)
     doc = results_json(tmp_path / "run")
     v = verdict(doc, other)
     assert not any(r["code"] == "pattern-mismatch" for r in v["reasons"]), v
     assert v["status"] == "go" and run.code == 0, (v, run.err)
-    assert doc["thresholds"]["entropy_gap_caution"] == 100.0 and doc["thresholds"]["overlap_nogo"] == 0.0
+    assert doc["thresholds"]["entropy_gap_caution"] == 100.0 and doc["thresholds"]["unsupported_nogo"] == 1.0
 
 
-@pytest.mark.parametrize("item,needle", [("nonsense=1", "nonsense"), ("overlap_nogo=high", "overlap_nogo"),
-                                         ("overlap_nogo", "NAME=VALUE")])
+@pytest.mark.parametrize("item,needle", [("nonsense=1", "nonsense"),
+                                         ("unsupported_nogo=high", "unsupported_nogo"),
+                                         ("unsupported_nogo", "NAME=VALUE")])
 def test_bad_threshold_flag_is_exit_2(student, tmp_path, item, needle):
     run = compare(student, student, out=tmp_path / "run", extra=["--gate", "--threshold", item])
     assert_error(run, needle)
@@ -202,7 +202,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_config_file_fills_in_and_flags_win(student, tmp_path):
     cfg = write(tmp_path / "opd.toml", "[tool.opd-probe]\nsamples = 1\nlimit = 2\nmax_new_tokens = 3\n"
-                                       "[tool.opd-probe.thresholds]\nweak_signal_kl = 0.5\nmass_caution = 0.5\n")
+                                       "[tool.opd-probe.thresholds]\nweak_signal_kl = 0.5\nmin_answer_gain = 0.5\n")
     run = compare(student, student, out=tmp_path / "run", tiny=False,
                   extra=["--config", cfg, "--max-new-tokens", "4", "--threshold", "weak_signal_kl=-1", "--quiet",
                          "--gate", "--fail-on", "caution"])
@@ -212,7 +212,7 @@ def test_config_file_fills_in_and_flags_win(student, tmp_path):
     assert doc["config"]["max_new_tokens"] == 4  # the flag beats the file's 3
     assert doc["rollouts"]["count"] == 2
     assert doc["thresholds"]["weak_signal_kl"] == -1.0  # the flag beats the file's 0.5
-    assert doc["thresholds"]["mass_caution"] == 0.5  # from the file
+    assert doc["thresholds"]["min_answer_gain"] == 0.5  # from the file
     assert verdict(doc, student)["status"] == "go"  # no weak signal at KL 0 under a -1 line
 
 
@@ -243,7 +243,7 @@ def test_config_fail_on_is_used_with_gate_only(student, tmp_path):
 
 @pytest.mark.parametrize("text,needles", [
     ("[tool.opd-probe]\nsampels = 1\n", ["sampels"]),
-    ("[tool.opd-probe]\nsamples = 1\n[tool.opd-probe.thresholds]\noverlap_nogo = \"high\"\n", ["overlap_nogo"]),
+    ("[tool.opd-probe]\nsamples = 1\n[tool.opd-probe.thresholds]\nunsupported_nogo = \"high\"\n", ["unsupported_nogo"]),
     ("[tool.opd-probe]\nsamples = 1\n[tool.opd-probe.thresholds]\nmass_nogoo = 0.5\n", ["mass_nogoo"]),
     ("[tool.opd-probe]\nthresholds = 3\n", ["thresholds"]),
     ("[tool.opd-probe]\nsamples = [1, 2]\n", ["samples"]),

@@ -161,3 +161,19 @@ def test_shape_mismatch_is_an_error():
     z = np.zeros((2, 3))
     with pytest.raises(ValueError):
         metrics.per_state_metrics(z, z, z[:, 0], z[:, 0], np.zeros((2, 2)), z, z[:, 0], z, z[:, 0])
+
+
+def test_support_mass_ignores_which_of_tied_tokens_made_the_top_k():
+    # Student and teacher uniform over the same 4 tokens, k = 2, ties broken differently (the teacher's top-2 is the
+    # student's other two): overlap ratio and masses read 0, support mass reads 1 (Q(S) = P(S) = 0.5).
+    p = [[0.25, 0.25, 0.25, 0.25]]
+    q = [[0.25 - 1e-9, 0.25 - 1e-9, 0.25 + 1e-9, 0.25 + 1e-9]]
+    m = states_from_full(p, q, k=2)
+    assert m["overlap_ratio"][0] == 0.0 and m["overlap_mass_student"][0] == 0.0
+    assert m["support_mass"][0] == pytest.approx(1.0)
+    # A teacher that puts 0.3 of its mass on the student's 4 tokens (and 0.7 on 4 others): Q(S)/P(S) = 0.15/0.5.
+    p8 = [[0.25] * 4 + [1e-12] * 4]
+    q8 = [[0.075] * 4 + [0.175] * 4]
+    assert states_from_full(p8, q8, k=2)["support_mass"][0] == pytest.approx(0.3)
+    # A teacher more peaked on the student's top-k than the student: capped at 1 (it supports every action).
+    assert states_from_full([[0.5, 0.3, 0.2]], [[0.9, 0.09, 0.01]], k=2)["support_mass"][0] == 1.0

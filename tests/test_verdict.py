@@ -20,7 +20,8 @@ from opd_probe.types import ContinuationGain
 from opd_probe.verdict import SEVERITY, STATUSES, Reason, Verdict, decide, rank_key
 
 TH = Thresholds()
-HEALTHY = {"overlap_mass_student": 0.98, "overlap_ratio": 0.75, "entropy_gap": 0.2, "topk_reverse_kl": 0.5}
+HEALTHY = {"overlap_mass_student": 0.98, "overlap_ratio": 0.75, "entropy_gap": 0.2, "topk_reverse_kl": 0.5,
+           "unsupported": 0.0}
 CODES = {"pattern-mismatch", "low-novelty", "weak-signal", "horizon-decay", "template-mismatch"}
 DIRECTIONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -78,43 +79,26 @@ def test_go_with_real_continuation_gain_and_flat_depth():
 
 
 # ------------------------------------------------------------------------------------------------ pattern-mismatch
-@pytest.mark.parametrize("metric,value", [("overlap_mass_student", 0.5), ("overlap_ratio", 0.3)])
-def test_pattern_mismatch_nogo(metric, value):
-    v = run({metric: value})
+def test_pattern_mismatch_nogo_when_the_teacher_rules_out_the_students_tokens():
+    v = run({"unsupported": 0.3})
     assert v.status == "no-go"
-    assert codes(v) == [("pattern-mismatch", "no-go", metric)]
+    assert codes(v) == [("pattern-mismatch", "no-go", "unsupported")]
     r = v.reasons[0]
-    assert r.value == value and r.direction == "<"
-    assert r.threshold == {"overlap_mass_student": TH.mass_nogo, "overlap_ratio": TH.overlap_nogo}[metric]
+    assert (r.value, r.threshold, r.direction) == (0.3, TH.unsupported_nogo, ">")
 
 
-def test_pattern_mismatch_nogo_suppresses_caution_level_overlap_checks():
-    # mass is no-go; ratio is in the caution band, but only the no-go lines are read once one fired
-    v = run({"overlap_mass_student": 0.5, "overlap_ratio": 0.6})
-    assert codes(v) == [("pattern-mismatch", "no-go", "overlap_mass_student")]
-    # both no-go
-    v = run({"overlap_mass_student": 0.5, "overlap_ratio": 0.3})
-    assert codes(v) == [("pattern-mismatch", "no-go", "overlap_mass_student"),
-                        ("pattern-mismatch", "no-go", "overlap_ratio")]
+def test_low_overlap_alone_no_longer_warns():
+    # validation benchmark, dev family: mass 0.61, ratio 0.37 from a teacher that supports the student's tokens, and
+    # OPD gained +0.94 (docs/validation.md): near-equal tokens make the overlap a matter of chance
+    v = run({"overlap_mass_student": 0.61, "overlap_ratio": 0.37, "unsupported": 0.005})
+    assert v.status == "go" and v.reasons == ()
 
 
 def test_entropy_gap_is_read_even_with_a_nogo():
-    v = run({"overlap_ratio": 0.3, "entropy_gap": 1.5})
-    assert codes(v) == [("pattern-mismatch", "no-go", "overlap_ratio"),
+    v = run({"unsupported": 0.3, "entropy_gap": 1.5})
+    assert codes(v) == [("pattern-mismatch", "no-go", "unsupported"),
                         ("pattern-mismatch", "caution", "entropy_gap")]
     assert v.status == "no-go"
-
-
-@pytest.mark.parametrize("metric,value,threshold", [
-    ("overlap_mass_student", 0.85, TH.mass_caution),
-    ("overlap_ratio", 0.6, TH.overlap_caution),
-])
-def test_pattern_mismatch_caution(metric, value, threshold):
-    v = run({metric: value})
-    assert v.status == "caution"
-    assert codes(v) == [("pattern-mismatch", "caution", metric)]
-    assert v.reasons[0].threshold == threshold and v.reasons[0].direction == "<"
-    assert all(r.severity == "caution" for r in v.reasons)  # caution-level only: no no-go fired
 
 
 def test_pattern_mismatch_caution_via_entropy_gap():
@@ -125,19 +109,12 @@ def test_pattern_mismatch_caution_via_entropy_gap():
     assert (r.value, r.threshold, r.direction) == (1.4, TH.entropy_gap_caution, ">")
 
 
-def test_pattern_mismatch_all_caution_checks_together():
-    v = run({"overlap_mass_student": 0.85, "overlap_ratio": 0.6, "entropy_gap": 1.4})
-    assert v.status == "caution"
-    assert {m for _, _, m in codes(v)} == {"overlap_mass_student", "overlap_ratio", "entropy_gap"}
-    assert {s for _, s, _ in codes(v)} == {"caution"}
-
-
 def test_pattern_mismatch_recommends_a_cold_start_with_the_rollout_count():
     th = replace(TH, cold_start_rollouts=1234)
-    v = run({"overlap_ratio": 0.3}, th=th)
+    v = run({"unsupported": 0.3}, th=th)
     cold = [r for r in v.recommendations if "cold start" in r]
     assert cold and "--cold-start 1234" in cold[0]
-    assert "--cold-start 2000" in " ".join(run({"overlap_ratio": 0.3}).recommendations)
+    assert "--cold-start 2000" in " ".join(run({"unsupported": 0.3}).recommendations)
 
 
 def test_missing_metrics_trip_nothing():
@@ -156,14 +133,21 @@ def test_low_novelty_nogo_when_the_teacher_is_clearly_less_accurate(gain):
     assert any("another teacher" in rec for rec in v.recommendations)
 
 
-@pytest.mark.parametrize("gain", [0.05, 0.0, -0.09])
-def test_low_novelty_is_info_when_depth0_gain_is_within_noise(gain):
-    # zoo calibration: a within-noise gain told teachers with and without knowledge apart no better than chance
+@pytest.mark.parametrize("gain", [0.08, 0.0, -0.09])
+def test_low_novelty_caution_when_the_depth0_gain_is_under_the_minimum(gain):
+    # dev family: OPD worked from every teacher at +0.17 or more and from none at +0.08 or less
     v = run(continuation=[cont(0, gain, se=0.045)])
+    assert v.status == "caution"
+    assert codes(v) == [("low-novelty", "caution", "continuation_gain@0")]
+    assert (v.reasons[0].value, v.reasons[0].threshold, v.reasons[0].direction) == (gain, TH.min_answer_gain, "<")
+    assert any("verify" in rec for rec in v.recommendations)
+
+
+def test_low_novelty_is_info_when_a_gain_over_the_minimum_is_within_noise():
+    v = run(continuation=[cont(0, 0.15, se=0.1)])  # few prompts: 2 se = 0.2
     assert v.status == "go"
     assert codes(v) == [("low-novelty", "info", "continuation_gain@0")]
-    assert v.reasons[0].value == gain and v.reasons[0].threshold == pytest.approx(0.09)
-    assert any("verify" in rec for rec in v.recommendations)
+    assert v.reasons[0].threshold == pytest.approx(0.2)
 
 
 def test_low_novelty_caution_when_no_depth_has_a_gain_above_the_minimum():
@@ -208,7 +192,7 @@ def test_weak_signal_without_novelty_evidence_asks_for_answers_only_when_novelty
 def test_weak_signal_is_absolute_only_and_kept_beside_a_pattern_mismatch():
     # a teacher's status never depends on the other candidates: no rule takes their KL any more
     assert run({"topk_reverse_kl": 0.1}).reasons == ()
-    v = run({"topk_reverse_kl": 0.001, "overlap_ratio": 0.3})
+    v = run({"topk_reverse_kl": 0.001, "unsupported": 0.3})
     assert [c for c, _, _ in codes(v)] == ["pattern-mismatch", "weak-signal"]
 
 
@@ -217,6 +201,9 @@ def test_a_removed_threshold_in_a_config_says_why():
         load_thresholds({"weak_signal_relative": 0.25})
     assert "no longer exists" in e.value.message and "other teachers" in e.value.message
     assert "delete weak_signal_relative" in e.value.fix
+    for gone in ("overlap_nogo", "overlap_caution", "mass_nogo", "mass_caution", "ratio_max_coverage"):
+        with pytest.raises(InputError, match="near-equal tokens"):
+            load_thresholds({gone: 0.5})
 
 
 def test_indistinguishable_teachers_are_named_in_the_reason_and_a_recommendation():
@@ -267,7 +254,7 @@ def test_template_mismatch_is_info_only():
 
 
 def test_severities_combine_to_the_worst():
-    v = run({"overlap_mass_student": 0.85, "topk_reverse_kl": 0.001}, continuation=[cont(0, -0.2)],
+    v = run({"unsupported": 0.3, "topk_reverse_kl": 0.001}, continuation=[cont(0, -0.2)],
             depth_overlap=[(0, 100, 0.8), (256, 100, 0.5)], template_differs=True, indistinguishable_from=["X"])
     assert v.status == "no-go"
     assert {c for c, _, _ in codes(v)} == CODES
@@ -299,7 +286,7 @@ def test_rank_key_within_a_status_prefers_gain_then_mass_then_ratio():
 
 # ------------------------------------------------------------------------------------------------ round trip
 def test_verdict_round_trips_through_json():
-    v = run({"overlap_mass_student": 0.85, "topk_reverse_kl": 0.001}, continuation=[cont(0, 0.05, se=0.04)],
+    v = run({"unsupported": 0.3, "topk_reverse_kl": 0.001}, continuation=[cont(0, 0.05, se=0.04)],
             depth_overlap=[(0, 100, 0.8), (256, 100, 0.5)], template_differs=True, indistinguishable_from=["X"])
     d = json.loads(json.dumps(v.to_dict()))
     assert Verdict.from_dict(d) == v
@@ -317,28 +304,28 @@ def test_every_threshold_has_provenance():
 
 def test_load_thresholds_defaults_file_and_overrides():
     assert load_thresholds() == Thresholds()
-    th = load_thresholds({"overlap_nogo": 0.4, "mass_nogo": 0.7, "horizon_min_states": 10},
-                         ["overlap_nogo=0.3", " weak_signal_kl = 0.5 "])
-    assert th.overlap_nogo == 0.3  # the flag beats the file
-    assert th.mass_nogo == 0.7
+    th = load_thresholds({"unsupported_nogo": 0.4, "min_answer_gain": 0.07, "horizon_min_states": 10},
+                         ["unsupported_nogo=0.3", " weak_signal_kl = 0.5 "])
+    assert th.unsupported_nogo == 0.3  # the flag beats the file
+    assert th.min_answer_gain == 0.07
     assert th.weak_signal_kl == 0.5
     assert th.horizon_min_states == 10 and isinstance(th.horizon_min_states, int)
-    assert th.mass_caution == Thresholds().mass_caution
+    assert th.entropy_gap_caution == Thresholds().entropy_gap_caution
     # numeric strings from a file are accepted; ints become floats where the field is a float
-    th = load_thresholds({"overlap_nogo": "0.45", "entropy_gap_caution": 2})
-    assert th.overlap_nogo == 0.45 and th.entropy_gap_caution == 2.0
+    th = load_thresholds({"unsupported_nogo": "0.45", "entropy_gap_caution": 2})
+    assert th.unsupported_nogo == 0.45 and th.entropy_gap_caution == 2.0
     assert isinstance(th.entropy_gap_caution, float)
     assert load_thresholds(None, ["cold_start_rollouts=500"]).cold_start_rollouts == 500
 
 
 @pytest.mark.parametrize("file_values,overrides,needle", [
-    ({"overlap_nogoo": 0.4}, None, "overlap_nogoo"),
+    ({"unsupported_nogoo": 0.4}, None, "unsupported_nogoo"),
     (None, ["nonsense=1"], "nonsense"),
-    ({"overlap_nogo": "high"}, None, "overlap_nogo"),
-    ({"overlap_nogo": [0.4]}, None, "overlap_nogo"),
-    (None, ["overlap_nogo=abc"], "overlap_nogo"),
+    ({"unsupported_nogo": "high"}, None, "unsupported_nogo"),
+    ({"unsupported_nogo": [0.4]}, None, "unsupported_nogo"),
+    (None, ["unsupported_nogo=abc"], "unsupported_nogo"),
     (None, ["horizon_min_states=2.5"], "horizon_min_states"),
-    (None, ["overlap_nogo"], "NAME=VALUE"),
+    (None, ["unsupported_nogo"], "NAME=VALUE"),
 ])
 def test_load_thresholds_rejects_bad_input(file_values, overrides, needle):
     with pytest.raises(InputError) as e:
@@ -350,11 +337,11 @@ def test_load_thresholds_rejects_bad_input(file_values, overrides, needle):
 def test_read_config_file_from_pyproject(tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "x"\n\n[tool.opd-probe]\nsamples = 2\nfail_on = ["no-go"]\n\n'
-        '[tool.opd-probe.thresholds]\noverlap_nogo = 0.4\n')
+        '[tool.opd-probe.thresholds]\nunsupported_nogo = 0.4\n')
     table, source = read_config_file(None, cwd=tmp_path)
-    assert table == {"samples": 2, "fail_on": ["no-go"], "thresholds": {"overlap_nogo": 0.4}}
+    assert table == {"samples": 2, "fail_on": ["no-go"], "thresholds": {"unsupported_nogo": 0.4}}
     assert source == str(tmp_path / "pyproject.toml")
-    assert load_thresholds(table["thresholds"]).overlap_nogo == 0.4
+    assert load_thresholds(table["thresholds"]).unsupported_nogo == 0.4
 
 
 def test_read_config_file_without_a_table_or_a_file(tmp_path):
@@ -365,12 +352,12 @@ def test_read_config_file_without_a_table_or_a_file(tmp_path):
 
 def test_read_config_file_standalone(tmp_path):
     top = tmp_path / "top.toml"
-    top.write_text('samples = 3\n[thresholds]\nmass_nogo = 0.7\n')
+    top.write_text('samples = 3\n[thresholds]\nunsupported_nogo = 0.7\n')
     table, source = read_config_file(str(top))
-    assert table == {"samples": 3, "thresholds": {"mass_nogo": 0.7}} and source == str(top)
+    assert table == {"samples": 3, "thresholds": {"unsupported_nogo": 0.7}} and source == str(top)
     nested = tmp_path / "nested.toml"
-    nested.write_text('[tool.opd-probe]\nsamples = 5\n[tool.opd-probe.thresholds]\nmass_nogo = 0.6\n')
-    assert read_config_file(str(nested))[0] == {"samples": 5, "thresholds": {"mass_nogo": 0.6}}
+    nested.write_text('[tool.opd-probe]\nsamples = 5\n[tool.opd-probe.thresholds]\nunsupported_nogo = 0.6\n')
+    assert read_config_file(str(nested))[0] == {"samples": 5, "thresholds": {"unsupported_nogo": 0.6}}
 
 
 def test_read_config_file_errors(tmp_path):
@@ -385,23 +372,12 @@ def test_read_config_file_errors(tmp_path):
         read_config_file(str(tmp_path / "missing.toml"))
 
 
-@pytest.mark.parametrize("coverage, fires", [(0.998, False), (0.95, True), (None, True)])
-def test_ratio_rules_give_way_to_mass_when_the_topk_is_mostly_tail(coverage, fires):
-    # zoo, same-format teacher: ratio 0.50 at coverage 0.998 with mass 0.96 - the ratio counts zero-mass tail tokens
-    pooled = {**HEALTHY, "overlap_ratio": 0.45, "topk_coverage_student": coverage}
-    if coverage is None:
-        del pooled["topk_coverage_student"]
-    v = run(pooled)
-    assert any(r.metric == "overlap_ratio" for r in v.reasons) is fires
-    assert (v.status == "no-go") is fires
-
-
 def test_a_reason_resting_on_an_estimate_says_so_and_round_trips():
-    v = run({"entropy_gap": TH.entropy_gap_caution + 0.1, "overlap_mass_student": TH.mass_caution - 0.01},
+    v = run({"entropy_gap": TH.entropy_gap_caution + 0.1, "unsupported": TH.unsupported_nogo + 0.01},
             approximate={"entropy_gap"})
     by = {r.metric: r for r in v.reasons}
     assert by["entropy_gap"].approximate and by["entropy_gap"].message.endswith("(value approximate: see the warnings)")
-    assert not by["overlap_mass_student"].approximate and "approximate" not in by["overlap_mass_student"].message
+    assert not by["unsupported"].approximate and "approximate" not in by["unsupported"].message
     d = json.loads(json.dumps(v.to_dict()))
     assert [r.get("approximate", False) for r in d["reasons"]] == [r.approximate for r in v.reasons]
     assert Verdict.from_dict(d) == v

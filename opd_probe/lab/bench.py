@@ -27,8 +27,6 @@ from .bench_models import BENCH_DIR
 from .families import FAMILIES
 
 SPEC = BENCH_DIR / "spec.json"
-KEEP = ("overlap_ratio", "overlap_mass_student", "entropy_gap", "topk_reverse_kl", "sampled_reverse_kl",
-        "top1_agreement", "topk_coverage_student", "student_entropy", "teacher_entropy")
 
 
 def load_spec(path: Path = SPEC) -> dict:
@@ -190,7 +188,7 @@ def run_probes(spec: dict, split: str, work: Path, root: Path = BENCH_DIR, recor
         res = run_probe(cfg)
         rows = {}
         for teacher, pair in zip(teachers, res.pairs):
-            rows[teacher] = {"metrics": {m: pair.pooled[m].mean for m in KEEP if m in pair.pooled},
+            rows[teacher] = {"metrics": {m: e.mean for m, e in pair.pooled.items()},
                              "novelty": pair.novelty.to_dict(), "verdict": pair.verdict.status,
                              "reasons": [r.code for r in pair.verdict.reasons if r.severity != "info"]}
         states = pd.read_parquet(Path(cfg.out) / "states.parquet", columns=["teacher", "topk_coverage_student"])

@@ -299,6 +299,28 @@ def print_prediction_table(rows: list[dict], stdout: Console, scorecard: dict | 
                      highlight=False)
 
 
+def print_validation_headline(report: dict | None, stdout: Console) -> None:
+    """The validation benchmark's held-out numbers (docs/validation.md) under the demo's table: the evidence that
+    the verdict predicts OPD outcomes, beside the trivial predictors on the same pairs."""
+    card = (report or {}).get("heldout")
+    if not card:
+        stdout.print("validation benchmark: held-out outcomes not measured yet (docs/validation.md)", highlight=False)
+        return
+    p = card["predictors"]
+
+    def ba(name):
+        m = p.get(name)
+        return "–" if m is None else f"{fmt(m['balanced_accuracy'], 2)} [{fmt(m['ba_ci'][0], 2)}, {fmt(m['ba_ci'][1], 2)}]"
+
+    v, rank = p["verdict"], card["ranking"]["verdict score"]
+    others = "; ".join(f"{name} {ba(name)}" for name in p if name != "verdict")
+    stdout.print(
+        f"validation benchmark, held-out family ({card['scored']} pairs, {card['working']} work; pre-registered, "
+        f"docs/validation.md): verdict balanced accuracy {ba('verdict')}, AUROC of its score {fmt(v.get('auroc'), 2)}"
+        f", within-student Spearman {fmt(rank['spearman_mean'], 2)}, top-1 regret {fmt(rank['regret_mean'], 3)}; "
+        f"beside it: {others}.", highlight=False)
+
+
 # ------------------------------------------------------------------------------------------------ check
 _LEVEL_STYLE = {"ok": "green", "info": "dim", "warn": "yellow", "error": "bold red"}
 

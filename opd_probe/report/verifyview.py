@@ -164,9 +164,12 @@ def _cold_start_line(doc: dict) -> str | None:
         return lo if lo == hi else f"{lo}–{hi}"
 
     share = f"{span(b)} → {span(a)}"
+    r0 = recs[0]
+    rule = (f"at most {fmt(r0['unsupported_bar'], 2)} of its states are unsupported by the teacher"
+            if "unsupported_bar" in r0 else f"its overlap mass is at least {fmt(r0.get('mass_bar'), 2)}")  # older runs
     return (f"cold start {'reached' if reached == len(recs) else 'did not reach'} its target: format share {share} "
-            f"(target {fmt(recs[0].get('target'), 2)}; reached in {reached} of {len(recs)} arm-seed(s); a sample "
-            f"follows the teacher's format when its overlap mass is at least {fmt(recs[0].get('mass_bar'), 2)})")
+            f"(target {fmt(r0.get('target'), 2)}; reached in {reached} of {len(recs)} arm-seed(s); a sample "
+            f"follows the teacher's format when {rule})")
 
 
 def _trends(c: dict) -> str | None:

@@ -93,6 +93,8 @@ _WORDS = {
     "entropy_gap": ("entropy\ngap", "entropy gap"),
     "entropy_gap_signed": ("signed\nentropy gap", "signed entropy gap"),
     "overlap_token_advantage": ("overlap\nadvantage", "overlap-token advantage"),
+    "support_mass": ("support\nmass", "support mass"),
+    "unsupported": ("unsup-\nported", "unsupported share"),
     "topk_reverse_kl": ("top-k\nrev. KL", "top-k rev. KL"),
     "sampled_reverse_kl": ("sampled\nrev. KL", "sampled rev. KL"),
     "topk_coverage_student": ("cov.\nstud.", "coverage (student)"),
@@ -110,11 +112,11 @@ def columns(*names: str) -> tuple[MetricColumn, ...]:
 
 
 # the tables' columns, in their order
-CONSOLE_RANKING = columns("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "entropy_gap",
-                          "topk_reverse_kl", "sampled_reverse_kl", "topk_coverage_student", "topk_coverage_teacher",
-                          "top1_agreement")
-HTML_RANKING = columns("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "entropy_gap",
-                       "topk_reverse_kl", "sampled_reverse_kl", "top1_agreement")
+CONSOLE_RANKING = columns("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "support_mass",
+                          "unsupported", "entropy_gap", "topk_reverse_kl", "sampled_reverse_kl", "topk_coverage_student",
+                          "topk_coverage_teacher", "top1_agreement")
+HTML_RANKING = columns("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "support_mass",
+                       "unsupported", "entropy_gap", "topk_reverse_kl", "sampled_reverse_kl", "top1_agreement")
 TEMPLATE_METRICS = columns("overlap_ratio", "overlap_mass_student", "topk_reverse_kl", "entropy_gap")
 SELECTION_COLUMNS = columns("overlap_ratio", "overlap_mass_student", "overlap_mass_teacher", "topk_reverse_kl",
                             "entropy_gap", "student_entropy", "teacher_entropy")

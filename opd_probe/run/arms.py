@@ -113,9 +113,10 @@ def probe_states(student, teacher, prompts, responses, k: int) -> dict:
     return states
 
 
-def format_check(student, teacher, data: Data, cfg, seed: int, mass_bar: float) -> dict:
-    """Share of the student's samples that follow the teacher's format: a sample does when its mean student overlap
-    mass with the teacher (at --top-k, at its own states) is at least ``mass_bar``."""
+def format_check(student, teacher, data: Data, cfg, seed: int, bar: float) -> dict:
+    """Share of the student's samples that follow the teacher's format: a sample does when the share of its states
+    the teacher does not support (metrics "unsupported", at --top-k) is at most ``bar`` (the verdict's
+    unsupported_nogo line)."""
     from ..backends.base import SamplingSettings
 
     idx = list(range(min(FORMAT_CHECK_PROMPTS, len(data.train))))
@@ -127,8 +128,8 @@ def format_check(student, teacher, data: Data, cfg, seed: int, mass_bar: float) 
     prompts, responses = [prompts[j] for j in keep], [responses[j] for j in keep]
     states = probe_states(student, teacher, prompts, responses, cfg.top_k)
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in responses])])
-    per_sample = [float(states["overlap_mass_student"][a:b].mean()) for a, b in zip(offsets[:-1], offsets[1:])]
-    return {"share": float(np.mean([m >= mass_bar for m in per_sample])) if per_sample else 0.0,
+    per_sample = [float(states["unsupported"][a:b].mean()) for a, b in zip(offsets[:-1], offsets[1:])]
+    return {"share": float(np.mean([u <= bar for u in per_sample])) if per_sample else 0.0,
             "overlap_ratio": float(states["overlap_ratio"].mean()),
             "overlap_mass_student": float(states["overlap_mass_student"].mean()), "samples": len(per_sample)}
 
@@ -141,9 +142,9 @@ def cold_start(student, teacher, data: Data, cfg, seed: int, order: PromptOrder,
     from ..backends.base import SamplingSettings
     from ..thresholds import Thresholds
 
-    bar = Thresholds().mass_caution  # the probe's own bar for "the teacher agrees with this state"
+    bar = Thresholds().unsupported_nogo  # the verdict's own line for "the teacher supports this sample"
     before = format_check(student, teacher, data, cfg, seed, bar)
-    progress.log(f"cold start: format share before {before['share']:.2f} (mass ≥ {bar:g})")
+    progress.log(f"cold start: format share before {before['share']:.2f} (unsupported ≤ {bar:g})")
     sft = []
     settings = SamplingSettings(samples=1, temperature=1.0, max_new_tokens=cfg.max_new_tokens)
     while len(sft) < cfg.cold_start:
@@ -175,7 +176,7 @@ def cold_start(student, teacher, data: Data, cfg, seed: int, order: PromptOrder,
         if after["share"] >= cfg.cold_start_target:
             break
     return {"rollouts": len(sft), "epochs_run": epochs, "epochs_max": cfg.cold_start_epochs, "sft_steps": n_steps,
-            "mass_bar": bar, "target": cfg.cold_start_target, "before": before, "after": after,
+            "unsupported_bar": bar, "target": cfg.cold_start_target, "before": before, "after": after,
             "reached": after["share"] >= cfg.cold_start_target}
 
 
