@@ -403,8 +403,8 @@ def test_metric_columns_come_from_metrics_METRICS():
     assert [c.header() for c in view.HTML_RANKING] == [
         "overlap ratio ↑", "mass (student) ↑", "mass (teacher) ↑", "support mass ↑", "unsupported share ↓",
         "entropy gap ↓", "top-k rev. KL", "sampled rev. KL", "top-1 agree ↑"]
-    assert [c.header(short=True) for c in view.CONSOLE_RANKING][5:] == [
-        "entropy\ngap ↓", "top-k\nrev. KL", "sampled\nrev. KL", "cov.\nstud.", "cov.\nteach.", "top-1\nagree ↑"]
+    assert [c.header(short=True) for c in view.CONSOLE_RANKING][4:] == [
+        "entropy\ngap ↓", "top-k\nrev. KL", "sampled\nrev. KL", "cov.\nstud.", "top-1\nagree ↑"]
     assert [c.header(short=True, arrow=False).replace("\n", " ") for c in view.SELECTION_COLUMNS] == [
         "overlap ratio", "mass stud.", "mass teach.", "top-k rev. KL", "entropy gap", "student entropy",
         "teacher entropy"]
