@@ -196,3 +196,36 @@ def test_the_shipped_held_out_models_reproduce_the_frozen_predictions(tmp_path):
         now = again[bench.pair_id(q["pair"])]
         assert (now["verdict"], now["reasons"]) == (q["verdict"], q["reasons"]), q["pair"]
         assert now["score"] == pytest.approx(q["score"], abs=1e-3, nan_ok=True), q["pair"]
+
+
+def _shipped(name: str) -> dict:
+    from opd_probe.lab.bench_models import BENCH_DIR
+
+    return json.loads((BENCH_DIR / name).read_text())
+
+
+def test_the_shipped_report_scores_the_frozen_held_out_predictions():
+    report, frozen = _shipped("report.json"), _shipped("predictions-heldout.json")
+    by_id = {f"{q['pair']['family']}/{bench.pair_id(q['pair'])}": q for q in frozen["pairs"]}
+    rows = report["rows"]["heldout"]
+    assert {r["id"] for r in rows} == set(by_id)  # every pre-registered pair was measured and scored
+    for r in rows:
+        q = by_id[r["id"]]
+        assert r["verdict"] == q["verdict"] and r["score"] == pytest.approx(q["score"], nan_ok=True)
+
+
+def test_the_verdict_beats_the_constant_predictors_on_the_shipped_held_out_family():
+    """Fails if "always warn" or "always go" matched the verdict on the held-out pairs (docs/validation.md)."""
+    p = _shipped("report.json")["heldout"]["predictors"]
+    assert p["verdict"]["balanced_accuracy"] > max(p["always warn"]["balanced_accuracy"],
+                                                   p["always go"]["balanced_accuracy"])
+    assert p["verdict"]["auroc"] > 0.5
+
+
+def test_docs_validation_carries_the_regenerated_tables():
+    from pathlib import Path
+
+    from opd_probe.lab.bench_models import BENCH_DIR
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
+    assert (BENCH_DIR / "report.md").read_text() in docs.read_text()

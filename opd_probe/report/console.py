@@ -315,10 +315,11 @@ def print_validation_headline(report: dict | None, stdout: Console) -> None:
     v, rank = p["verdict"], card["ranking"]["verdict score"]
     others = "; ".join(f"{name} {ba(name)}" for name in p if name != "verdict")
     stdout.print(
-        f"validation benchmark, held-out family ({card['scored']} pairs, {card['working']} work; pre-registered, "
-        f"docs/validation.md): verdict balanced accuracy {ba('verdict')}, AUROC of its score {fmt(v.get('auroc'), 2)}"
-        f", within-student Spearman {fmt(rank['spearman_mean'], 2)}, top-1 regret {fmt(rank['regret_mean'], 3)}; "
-        f"beside it: {others}.", highlight=False)
+        f"validation benchmark, held-out family ({card['scored']} pairs: {card['working']} work, "
+        f"{card['scored'] - card['working']} fail; pre-registered, docs/validation.md): verdict balanced accuracy "
+        f"{ba('verdict')}, AUROC of its score {fmt(v.get('auroc'), 2)}, within-student Spearman "
+        f"{fmt(rank['spearman_mean'], 2)}, top-1 regret {fmt(rank['regret_mean'], 3)}; beside it: {others}. "
+        f"Small synthetic models; read the limits in docs/validation.md.", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ check
