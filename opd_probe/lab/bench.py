@@ -62,10 +62,13 @@ def label(intervals: dict, rule: dict) -> str:
     return "unclear"
 
 
+def _family_dirs(p: dict) -> tuple[str, ...]:
+    """FAMILY, and sampled/ below it for the sampled-token subset (``p["loss"] == "sampled"``)."""
+    return (p["family"], "sampled") if p.get("loss") == "sampled" else (p["family"],)
+
+
 def outcome_path(p: dict, root: Path = BENCH_DIR) -> Path:
-    """outcomes/FAMILY/PAIR.json; the sampled-token subset's (``p["loss"] == "sampled"``) under FAMILY/sampled/."""
-    sub = ("sampled",) if p.get("loss") == "sampled" else ()
-    return root.joinpath("outcomes", p["family"], *sub, f"{pair_id(p)}.json")
+    return root.joinpath("outcomes", *_family_dirs(p), f"{pair_id(p)}.json")
 
 
 def sampled_pairs(spec: dict, split: str) -> list[dict]:
@@ -85,7 +88,7 @@ def run_pair(p: dict, spec: dict, work: str, root: str) -> dict:
     opd = dict(spec["opd"], loss=p.get("loss", spec["opd"]["loss"]))
     pdir = prompts_dir(p["family"], root_p)
     files = {k: str(pdir / opd.pop(k)) for k in ("prompts", "eval_prompts", "retain_prompts")}
-    out = Path(work).joinpath(p["family"], *(("sampled",) if p.get("loss") == "sampled" else ()), pair_id(p))
+    out = Path(work).joinpath(*_family_dirs(p), pair_id(p))
     cfg = VerifyConfig(student=model_dir(p["family"], p["student"], root_p),
                        teacher=model_dir(p["family"], p["teacher"], root_p), out=str(out), **files, **opd,
                        max_new_tokens=FAMILIES[p["family"]].max_new_tokens, cold_start=p.get("cold_start", 0),

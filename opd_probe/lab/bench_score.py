@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import outcome_path, pair_id, probe_path, split_pairs
+from .bench import outcome_path, pair_id, probe_path, sampled_pairs, split_pairs
 from .bench_models import BENCH_DIR
 from .validation import (auroc, balanced_accuracy, bootstrap_ci, check_rules_hash, current_rules_hash,
                          fit_threshold, spearman, top1_regret)
@@ -84,6 +84,21 @@ def rows(spec: dict, split: str, root: Path = BENCH_DIR) -> list[dict]:
                     "gain": o["intervals"]["teacher_vs_baseline"], "vs_control": o["intervals"]["teacher_vs_control"],
                     "retention": o["intervals"]["retention_teacher_vs_baseline"], "gap_recovery": o["gap_recovery"],
                     "accuracy": o["accuracy"], "cold_start": o.get("cold_start")})
+    return out
+
+
+def sampled_rows(spec: dict, split: str, root: Path = BENCH_DIR) -> list[dict]:
+    """The secondary labels (sampled-token loss) of the split, beside the split's frozen verdicts."""
+    pred = json.loads((root / f"predictions-{split}.json").read_text())
+    verdicts = {(q["pair"]["family"], pair_id(q["pair"])): q["verdict"] for q in pred["pairs"]}
+    out = []
+    for p in sampled_pairs(spec, split):
+        path = outcome_path(p, root)
+        if path.exists():
+            o = json.loads(path.read_text())
+            out.append({"id": f"{p['family']}/{pair_id(p)}", "verdict": verdicts[(p["family"], pair_id(p))],
+                        "label": o["label"], "gain": o["intervals"]["teacher_vs_baseline"],
+                        "retention": o["intervals"]["retention_teacher_vs_baseline"]})
     return out
 
 
@@ -168,6 +183,8 @@ def score(spec: dict, root: Path = BENCH_DIR) -> dict:
     keep = ("id", "verdict", "reasons", "score", "teacher_acc", "label", "gain", "vs_control", "retention",
             "gap_recovery", "metrics")
     report["rows"] = {"dev": [{k: r[k] for k in keep} for r in dev], "heldout": [{k: r[k] for k in keep} for r in held]}
+    report["sampled"] = {split: sampled_rows(spec, split, root) for split in ("dev", "heldout")
+                         if (root / f"predictions-{split}.json").exists()}
     (root / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (root / "report.md").write_text(markdown(report))
     print(markdown(report))
@@ -216,4 +233,12 @@ def markdown(report: dict) -> str:
                        f"{_f(m['overlap_ratio'])} | {_f(m['topk_reverse_kl'], 3)} | {g['mean']:+.3f} "
                        f"[{g['low']:+.3f}, {g['high']:+.3f}] | {r['vs_control']['mean']:+.3f} | "
                        f"{r['retention']['mean']:+.3f} | {r['label']} |")
+    sampled = [(split, r) for split, rs in report.get("sampled", {}).items() for r in rs]
+    if sampled:
+        out += ["", "### Secondary labels: the sampled-token loss (spec.json's subset; not in the tables above)", "",
+                "| pair | verdict | gain [95% CI] | retention | label |", "|---|---|---|---|---|"]
+        for split, r in sampled:
+            g = r["gain"]
+            out.append(f"| {r['id']} ({split}) | {r['verdict']} | {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                       f" | {r['retention']['mean']:+.3f} | {r['label']} |")
     return "\n".join(out) + "\n"
