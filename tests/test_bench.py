@@ -12,7 +12,7 @@ import pytest
 from opd_probe.errors import InputError
 from opd_probe.lab import bench, bench_score
 from opd_probe.lab.families import (ADD_SLOTS, ANSWER, FAMILIES, GEN, HARD_ITEMS, LOOKUP_SLOTS, PRICES, Add, Lookup,
-                                    Style, family_tokens, tokenizer, wrong_price)
+                                    Style, family_pieces, family_tokens, tokenizer, wrong_price)
 from opd_probe.verdict import predicted_gain
 
 
@@ -32,6 +32,24 @@ def test_the_tokenizer_splits_rendered_text_into_exactly_the_generated_pieces(to
         ids = tok(chat + "".join(resp), add_special_tokens=False)["input_ids"]
         assert tok.convert_ids_to_tokens(ids) == F.prompt(p) + [GEN] + resp
         assert tok.unk_token_id not in ids
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_pieces_hold_every_piece_the_family_writes(family):
+    F, rng, seen = FAMILIES[family], random.Random(5), set()
+    for i in range(300):
+        p = F.problem(rng, "hard" if i % 2 else "easy")
+        seen |= {*F.prompt(p), GEN, *F.response(p, Style(mix=0.5, flaw=0.7), rng)}
+    assert seen <= family_pieces(family)
+
+
+def test_the_tokenizer_is_the_one_the_shipped_models_were_built_with(tok):
+    from transformers import AutoTokenizer
+
+    from opd_probe.lab.bench import model_dir
+
+    for family in FAMILIES:
+        assert AutoTokenizer.from_pretrained(model_dir(family, "s0")).get_vocab() == tok.get_vocab()
 
 
 def test_each_family_uses_at_least_256_tokens_and_more_than_16_synonyms_per_slot():

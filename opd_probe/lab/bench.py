@@ -143,8 +143,10 @@ def outcomes(spec: dict, split: str, work: Path, workers: int, root: Path = BENC
         guard_heldout(root)
     pairs = sampled_pairs(spec, split) if sampled else split_pairs(spec, split)
     todo = [p for p in pairs if not outcome_path(p, root).exists()]
-    firsts = list({(p["family"], p["student"], p.get("cold_start", 0)): p for p in reversed(todo)}.values())[::-1]
-    waves = [firsts, [p for p in todo if p not in firsts]]
+    firsts: dict[tuple, dict] = {}
+    for p in todo:  # the first pair of each student (and cold-start budget): the control arm it caches is its own
+        firsts.setdefault((p["family"], p["student"], p.get("cold_start", 0)), p)
+    waves = [list(firsts.values()), [p for p in todo if p not in firsts.values()]]
     done = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         for wave in waves:
@@ -222,7 +224,10 @@ def main() -> None:
     else:
         from .bench_score import predict, score
 
-        predict(spec, args.split) if args.step == "predict" else score(spec)
+        if args.step == "predict":
+            predict(spec, args.split)
+        else:
+            score(spec)
 
 
 if __name__ == "__main__":

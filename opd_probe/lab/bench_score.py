@@ -28,14 +28,24 @@ SINGLE = {"step-0 top-k KL": "topk_reverse_kl", "overlap ratio": "overlap_ratio"
           "overlap mass": "overlap_mass_student"}
 
 
-def probe_row(p: dict, root: Path = BENCH_DIR) -> dict:
-    rec = json.loads(probe_path(p["family"], p["student"], root).read_text())
-    return rec["pairs"][p["teacher"]]
+def json_reader():
+    """A reader that parses each JSON file once: predictions and scorecards look up a student's probe record and
+    its family's manifest once per pair."""
+    cache: dict[Path, dict] = {}
+
+    def read(path: Path) -> dict:
+        if path not in cache:
+            cache[path] = json.loads(path.read_text())
+        return cache[path]
+    return read
 
 
-def teacher_accuracy(p: dict, root: Path = BENCH_DIR) -> float:
-    man = json.loads((root / "models" / p["family"] / "manifest.json").read_text())
-    return man["models"][p["teacher"]]["heldout_accuracy"]["hard"]
+def probe_row(p: dict, root: Path, read) -> dict:
+    return read(probe_path(p["family"], p["student"], root))["pairs"][p["teacher"]]
+
+
+def teacher_accuracy(p: dict, root: Path, read) -> float:
+    return read(root / "models" / p["family"] / "manifest.json")["models"][p["teacher"]]["heldout_accuracy"]["hard"]
 
 
 def score_of(row: dict) -> float:
@@ -48,9 +58,9 @@ def predict(spec: dict, split: str, root: Path = BENCH_DIR, records: Path | None
     """predictions-SPLIT.json: per pair the verdict, its reasons and the continuous score; per student the ranking;
     the probe settings and the rules hash they were made with. ``records``: where the probe records are (default
     ``root``); ``write=False`` returns the document only."""
-    pairs = []
+    pairs, read = [], json_reader()
     for p in split_pairs(spec, split):
-        row = probe_row(p, records or root)
+        row = probe_row(p, records or root, read)
         pairs.append({"pair": p, "verdict": row["verdict"], "reasons": row["reasons"], "score": score_of(row)})
     rankings: dict[str, list[str]] = {}
     for q in sorted((q for q in pairs if not q["pair"].get("cold_start")), key=lambda q: -q["score"]):
@@ -71,7 +81,7 @@ def rows(spec: dict, split: str, root: Path = BENCH_DIR) -> list[dict]:
     pred = json.loads((root / f"predictions-{split}.json").read_text())
     check_rules_hash(pred, current_rules_hash())
     by_id = {(q["pair"]["family"], pair_id(q["pair"])): q for q in pred["pairs"]}
-    out = []
+    out, read = [], json_reader()
     for p in split_pairs(spec, split):
         path = outcome_path(p, root)
         if not path.exists():
@@ -79,8 +89,8 @@ def rows(spec: dict, split: str, root: Path = BENCH_DIR) -> list[dict]:
         o = json.loads(path.read_text())
         q = by_id[(p["family"], pair_id(p))]
         out.append({"pair": p, "id": f"{p['family']}/{pair_id(p)}", "verdict": q["verdict"], "reasons": q["reasons"],
-                    "score": q["score"], "metrics": probe_row(p, root)["metrics"],
-                    "teacher_acc": teacher_accuracy(p, root), "label": o["label"],
+                    "score": q["score"], "metrics": probe_row(p, root, read)["metrics"],
+                    "teacher_acc": teacher_accuracy(p, root, read), "label": o["label"],
                     "gain": o["intervals"]["teacher_vs_baseline"], "vs_control": o["intervals"]["teacher_vs_control"],
                     "retention": o["intervals"]["retention_teacher_vs_baseline"], "gap_recovery": o["gap_recovery"],
                     "accuracy": o["accuracy"], "cold_start": o.get("cold_start")})
@@ -159,16 +169,20 @@ def ranking_measures(test: list[dict], key) -> dict:
             "regret": regrets, "regret_mean": float(np.mean(list(regrets.values()))) if regrets else float("nan")}
 
 
+def _scored(rows: list[dict]) -> list[dict]:
+    """The pairs a predictor is judged on: teacher choices (no cold start) with a clear label."""
+    return [r for r in rows if not r["pair"].get("cold_start") and r["label"] != "unclear"]
+
+
 def scorecard(dev: list[dict], test: list[dict]) -> dict:
     """The table of one split: counts, confusion matrix, every predictor's measures, the rankings."""
-    main = [r for r in test if not r["pair"].get("cold_start") and r["label"] != "unclear"]
-    dev_main = [r for r in dev if not r["pair"].get("cold_start") and r["label"] != "unclear"]
-    preds = rule_predictions(dev_main, main)
+    main = _scored(test)
+    preds = rule_predictions(_scored(dev), main)
     ranked = [r for r in test if not r["pair"].get("cold_start")]
     confusion = {v: {lab: sum(r["verdict"] == v and r["label"] == lab for r in main) for lab in ("works", "fails")}
                  for v in ("go", "caution", "no-go")}
     return {"pairs": len(test), "scored": len(main), "working": sum(r["label"] == "works" for r in main),
-            "unclear": sum(r["label"] == "unclear" for r in test if not r["pair"].get("cold_start")),
+            "unclear": sum(r["label"] == "unclear" for r in ranked),
             "confusion": confusion, "predictors": measures(main, preds),
             "ranking": {"verdict score": ranking_measures(ranked, lambda r: r["score"]),
                         "teacher accuracy": ranking_measures(ranked, lambda r: r["teacher_acc"])}}

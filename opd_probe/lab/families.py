@@ -165,18 +165,27 @@ class Lookup:
 FAMILIES = {"add": Add, "lookup": Lookup}
 
 
+DIGITS = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
+
+
+def _words(slots: dict) -> list[str]:
+    return [" " + w for f in slots.values() for ws in f.values() for w in ws]
+
+
 def pieces_vocab() -> list[str]:
     """Every piece either family can produce, in a fixed order (the tokenizer's vocabulary after the specials)."""
-    digits = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
-    words = [" " + w for fam in (ADD_SLOTS, LOOKUP_SLOTS) for f in fam.values() for ws in f.values() for w in ws]
-    return digits + [" +", " price", ANSWER, GEN] + words + [" " + i for i in ITEMS]
+    return DIGITS + [" +", " price", ANSWER, GEN] + _words(ADD_SLOTS) + _words(LOOKUP_SLOTS) + [" " + i for i in ITEMS]
+
+
+def family_pieces(name: str) -> set[str]:
+    """The pieces a family's texts (prompt, generation prompt, response) can contain."""
+    own = [" +"] + _words(ADD_SLOTS) if name == "add" else [" price"] + _words(LOOKUP_SLOTS) + [" " + i for i in ITEMS]
+    return {*DIGITS, ANSWER, GEN, *own}
 
 
 def family_tokens(name: str) -> int:
     """How many distinct tokens a family's texts use (the issue asks for >= 256 per family)."""
-    slots = ADD_SLOTS if name == "add" else LOOKUP_SLOTS
-    n = sum(len(ws) for f in slots.values() for ws in f.values())
-    return n + 20 + 2 + (len(ITEMS) + 1 if name == "lookup" else 1)
+    return len(family_pieces(name))
 
 
 def tokenizer():
