@@ -11,6 +11,7 @@ log-prob limit in check_resources.py (both re-exported here, so ``check.Plan``, 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 from . import templates
@@ -19,7 +20,7 @@ from .check_facts import finding as _f
 from .check_resources import (DTYPE_ALIASES, DTYPE_BYTES, MEMORY_TIGHT, VLLM_DEFAULT_MAX_LOGPROBS, GiB,
                               kv_bytes_per_token, logprob_findings, memory_estimate, memory_findings, parameters_of,
                               resolve_dtype, run_findings)
-from .vocab import SAME_TOKENIZER_FIX, vocab_diff
+from .vocab import CROSS_FIX, SAME_TOKENIZER_FIX, vocab_diff
 
 __all__ = [  # the checks' whole interface, whichever of the three modules holds each part
     "LEVELS", "DeviceFacts", "Finding", "ModelFacts", "Plan",
@@ -138,8 +139,18 @@ def _student_context(m: ModelFacts, plan: Plan, labels: Sequence[str]) -> list[F
 def pair_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
     """Findings about a student/teacher pair: the id map, stop tokens, renderings, the teacher's context, top-k
     against the teacher's log-prob limit."""
-    vocab = vocab_finding(s, t)
+    vocab = vocab_finding(s, t, plan)
     out = [vocab]
+    if vocab.details.get("cross_tokenizer"):
+        if t.round_trip_error is not None:
+            out.append(_f("error", "round-trip", f"teacher {t.name}'s tokenizer does not give back the text it "
+                          f"encodes ({t.round_trip_error[:60]!r}): its normalizer or unknown tokens change the text, "
+                          "so it cannot be aligned with the student's tokens", CROSS_FIX))
+        out.append(_f("info", "rendering", f"teacher {t.name} reads the prompts under its own chat template and "
+                      "its own tokenization of the student's text (another tokenizer)"))
+        out.extend(teacher_context_findings(s, t, replace(plan, template=("teacher",))))
+        out.extend(logprob_findings(t, plan))
+        return [Finding(f.level, f.code, f.message, f.fix, f.model or t.name, t.name, f.details) for f in out]
     out.extend(stop_findings(s, t, plan))
     out.extend(rendering_findings(s, t, plan, same_map=vocab.level != "error"))
     out.extend(teacher_context_findings(s, t, plan))
@@ -147,10 +158,21 @@ def pair_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
     return [Finding(f.level, f.code, f.message, f.fix, f.model or t.name, t.name, f.details) for f in out]
 
 
-def vocab_finding(s: ModelFacts, t: ModelFacts) -> Finding:
+def vocab_finding(s: ModelFacts, t: ModelFacts, plan: Plan | None = None) -> Finding:
     """The whole token -> id map over the student's ids (not only the size): OPD feeds the student's ids to the
-    teacher. A padded output head is not a difference; tokens only the teacher has are a warning."""
+    teacher. A padded output head is not a difference; tokens only the teacher has are a warning. Another map is an
+    error, except for compare and check (``plan.alignment`` set), which score such a teacher through text
+    alignment (a warning: docs/cross-tokenizer.md)."""
     differ, extra = vocab_diff(s.vocab, t.vocab)
+    if differ and plan is not None and plan.alignment:
+        return _f("warn", "vocab", f"teacher {t.name} has another tokenizer ({len(differ)} of the student's "
+                  f"{len(s.vocab)} ids differ; teacher has {len(t.vocab)} tokens): it is scored on its own "
+                  "tokenization of the student's text (compare: chunk-level metrics exact, position-level ones "
+                  "approximate; verify --loss sampled: chunk-level OPD; verdict thresholds not validated); "
+                  "select-prompts and verify's top-k loss need the student's tokenizer",
+                  "fine for compare and verify --loss sampled; to train, use a trainer that aligns tokenizations "
+                  "(TRL GOLD) or pick a teacher from the student's model family", differing=len(differ),
+                  cross_tokenizer=True)
     if differ:
         s_by, t_by = {i: x for x, i in s.vocab.items()}, {i: x for x, i in t.vocab.items()}
         first = differ[0]

@@ -54,6 +54,9 @@ class Plan:
     trust_remote_code: bool = False
     prompts_given: bool = False  # False: the renderings are of a built-in example prompt; no context check
     example_user_text: str = ""  # the example prompt's last user message (to tell template text from the prompt)
+    # compare's --alignment ("auto"/"text"): a teacher with another tokenizer is scored through text alignment
+    # (a warning); None (verify, select-prompts): it is an error
+    alignment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class ModelFacts:
     rendered: tuple[tuple[int, ...], ...] = ()  # token ids of the prompts under this model's own template
     example_text: str | None = None  # the example prompt (the first) rendered by this model's own template
     render_error: str | None = None  # why this model's template could not render the prompts
+    # the first prompt text this tokenizer does not give back when it encodes and decodes it (a normalizer,
+    # unknown tokens); a teacher with another tokenizer must reproduce the student's text (run/cross.py)
+    round_trip_error: str | None = None
 
     @property
     def rendered_lengths(self) -> tuple[int, ...]:

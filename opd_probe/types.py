@@ -185,6 +185,9 @@ class PairResult:
     approximate: dict[str, Any] = field(default_factory=dict)
     # compare's measured lint: renderer bias, stop-token agreement, scoring determinism (lint.py, docs/lint.md)
     lint: Lint | None = None
+    # a teacher with another tokenizer, scored through text alignment (run/cross.py, docs/cross-tokenizer.md): the
+    # alignment's figures and how each metric is obtained; empty for a teacher that shares the student's tokenizer
+    alignment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,6 +208,7 @@ class PairResult:
             "templates": self.templates,
             "approximate": self.approximate,
             "lint": self.lint.to_dict() if self.lint is not None else None,
+            "alignment": self.alignment,
         }
 
     @classmethod
@@ -229,6 +233,7 @@ class PairResult:
             templates=d.get("templates", {}),
             approximate=d.get("approximate", {}),
             lint=Lint.from_dict(d["lint"]) if d.get("lint") else None,
+            alignment=d.get("alignment") or {},
         )
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from .errors import VocabMismatchError
 
 
-SAME_TOKENIZER_FIX = ("OPD needs a teacher with the student's tokenizer (the same token -> id map); pick a teacher "
-                      "from the student's model family (cross-tokenizer alignment is not supported yet)")
+SAME_TOKENIZER_FIX = ("this command scores or trains on the student's token ids, so it needs a teacher with the "
+                      "student's tokenizer (the same token -> id map): pick a teacher from the student's model "
+                      "family; compare and verify --loss sampled take a teacher with another tokenizer through "
+                      "text alignment (docs/cross-tokenizer.md)")
+
+
+CROSS_FIX = ("pick a teacher whose tokenizer reproduces any text it encodes (byte-level BPE, or SentencePiece with "
+             "byte fallback), or a teacher from the student's model family")
 
 
 def _by_id(vocab: dict[str, int]) -> dict[int, str]:

@@ -104,10 +104,11 @@ def other_map(student, tmp_path_factory) -> Path:
     return variant(student, root / "model", tokenizer_from=tiny_models.build_tokenizer(root / "tok", variant="other"))
 
 
-@pytest.mark.parametrize("command", ["compare", "verify", "select-prompts"])
+@pytest.mark.parametrize("command", ["verify", "select-prompts"])
 def test_vocab_mismatch_stops_before_any_weight_loads(student, other_map, tmp_path, monkeypatch, command):
     """Same vocabulary size, another id map: exit 2 from the preflight, before a weight is loaded or a rollout
-    sampled (issue 15: this took 45 s of sampling and scoring before)."""
+    sampled (issue 15: this took 45 s of sampling and scoring before). compare scores such a teacher through text
+    alignment instead (tests/test_cross.py)."""
     from transformers import AutoModelForCausalLM
 
     def refuse(*a, **k):
@@ -115,9 +116,7 @@ def test_vocab_mismatch_stops_before_any_weight_loads(student, other_map, tmp_pa
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     out = tmp_path / "o"
-    if command == "compare":
-        run = compare(student, other_map, out=out)
-    elif command == "verify":
+    if command == "verify":
         run = cli("verify", student, other_map, "--prompts", TINY_PROMPTS, "--out", out, "--steps", "1", "--quiet")
     else:
         pool = write(tmp_path / "pool.jsonl", '{"prompt": "What is 2 + 3?"}\n{"prompt": "And 4 + 5?"}\n')

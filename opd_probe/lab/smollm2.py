@@ -161,7 +161,7 @@ def _save(tok, config, state: dict, out: Path, dtype) -> None:
         # lm_head.weight is tied to the embeddings (absent from a saved tied checkpoint).
         missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
         if missing or unexpected:
-            raise RuntimeError(f"SmolLM2 conversion: missing={missing} unexpected={unexpected}")
+            raise RuntimeError(f"conversion to {out}: missing={missing} unexpected={unexpected}")
         model.tie_weights()
         model.eval()
         if tok.pad_token_id is not None:

@@ -30,7 +30,7 @@ def ranking_table(results: ProbeResults) -> Table:
     caption = (f"mean, and below it the {int(cfg['ci_level'] * 100)}% bootstrap CI over prompts; KL and entropy in "
                "nats/token; ranked by verdict, then novelty evidence, then overlap mass")
     if any(p.approximate for p in results.pairs):
-        caption += "; ≈ approximate (vLLM estimate: see the warnings)"
+        caption += "; ≈ approximate (see the warnings)"
     table = Table(title=title, caption=caption, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("teacher", overflow="fold", min_width=12)

@@ -99,21 +99,24 @@ def token_views(run: Run, results: ProbeResults, states, tokens: dict[int, str] 
         df = states[states["teacher"] == pair.teacher]
         if df.empty:
             continue
-        per_rollout = df.groupby("rollout_id")["topk_reverse_kl"].mean().sort_values(ascending=False, kind="stable")
-        scale = kl_scale(df["topk_reverse_kl"].to_numpy())
+        # a teacher with another tokenizer has no top-k KL over the student's ids: its chunk-level sampled KL
+        kl_col = "sampled_reverse_kl" if pair.alignment else "topk_reverse_kl"
+        per_rollout = df.groupby("rollout_id")[kl_col].mean().sort_values(ascending=False, kind="stable")
+        scale = kl_scale(df[kl_col].to_numpy())
         chosen = [int(r) for r in per_rollout.index[:max_rollouts]]
         rollouts = []
         for rid in chosen:
             rows = df[df["rollout_id"] == rid].sort_values("position")
             s = scores.get("student", rid)
-            t = scores.get(pair.slug, rid)
+            # another tokenizer's top tokens are not the student's ids: tokens.json cannot spell them
+            t = None if pair.alignment else scores.get(pair.slug, rid)
             if s is not None and len(s["topk_ids_LK"]) != len(rows):
                 s = None
             if t is not None and len(t["topk_ids_LK"]) != len(rows):
                 t = None
             view_id = f"{run_key}-t{ti}-r{rid}"
             tok_ids = [int(x) for x in rows["token_id"]]
-            kl = [num(x) for x in rows["topk_reverse_kl"]]
+            kl = [num(x) for x in rows[kl_col]]
             ov = [num(x) for x in rows["overlap_ratio"]]
             entry: dict[str, Any] = {"tok": tok_ids, "kl": [None if x is None else round(x, 4) for x in kl],
                                      "ov": [None if x is None else round(x, 3) for x in ov],

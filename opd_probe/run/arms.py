@@ -24,6 +24,7 @@ from .. import metrics
 from .opd_step import STEP_METRICS, control_loss, sft_loss, teacher_loss
 from .stages import sampling_seed
 
+CROSS_STEP0 = ("aligned", "chunk_unsupported", "shared_mass_student")  # what a cross-tokenizer verdict reads
 EVAL_SEED = 7919  # one sampling seed for every evaluation: arms are compared on the same draws
 FORMAT_CHECK_PROMPTS = 8  # training prompts (× 2 samples) of the cold start's format check; not tuned
 
@@ -106,6 +107,9 @@ def probe_states(student, teacher, prompts, responses, k: int) -> dict:
 
     s_parts = student.score(prompts, responses, k=k)
     s = ScoreArrays.concat(s_parts)
+    if getattr(teacher, "cross", False):  # another tokenizer: through text alignment (run/cross.py)
+        return teacher.states(prompts, responses, set(student.eos_ids()), s.topk_ids_LK, s.topk_logprobs_LK,
+                              s.entropy_L, s.sampled_logprob_L, k)
     t = ScoreArrays.concat(teacher.score(prompts, responses, k=k, query_ids_LQ=[p.topk_ids_LK for p in s_parts]))
     states = metrics.per_state_metrics(s.topk_ids_LK, s.topk_logprobs_LK, s.entropy_L, s.sampled_logprob_L,
                                        t.topk_ids_LK, t.topk_logprobs_LK, t.entropy_L, t.query_logprobs_LQ,
@@ -212,7 +216,7 @@ def run_arm_seed(arm: str, seed: int, student, teacher, data: Data, cfg, progres
         responses = [g.response_ids for g_list in gens for g in g_list]
         if step == 1 and arm == "teacher" and probe_k is not None:
             states = probe_states(student, teacher, prompts_b, responses, probe_k)
-            rec["step0"] = {m: float(np.nanmean(states[m])) for m in STEP_METRICS} | {"top_k": probe_k}
+            rec["step0"] = {m: _mean(states[m]) for m in STEP_METRICS + CROSS_STEP0 if m in states} | {"top_k": probe_k}
         with autocast(student):
             if arm == "teacher":
                 surrogate, row = teacher_loss(student, teacher, prompts_b, responses, cfg.top_k, cfg.loss)
@@ -247,6 +251,12 @@ def run_arm_seed(arm: str, seed: int, student, teacher, data: Data, cfg, progres
         rec["evals"].append(evaluate(student, data, cfg, "opd", cfg.steps, progress))
     rec["seconds"] = time.perf_counter() - t_start
     return rec
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean over the finite states (NaN where a metric is undefined everywhere: a teacher with another tokenizer)."""
+    finite = np.isfinite(x)
+    return float(x[finite].mean()) if finite.any() else float("nan")
 
 
 def autocast(student):

@@ -21,16 +21,24 @@ from ..types import ContinuationGain
 
 
 def continuation_gain(teacher, rollouts, correct: np.ndarray, answers: dict[int, str], depths: Sequence[int],
-                      max_new_tokens: int, seed: int, batch_size: int = 16) -> list[ContinuationGain]:
+                      max_new_tokens: int, seed: int, batch_size: int = 16,
+                      depth_map: Sequence[np.ndarray] | None = None) -> list[ContinuationGain]:
     """Teacher accuracy when it continues the student's rollouts cut at each depth, vs the student's own.
 
     At depth d only rollouts longer than d take part (the student's continuation from the same prefix is the
     rest of its own rollout, so no student generation is needed). Sampling at temperature 1, like the rollouts;
     the teacher gets the student's remaining token budget. Returns one ContinuationGain per depth with enough samples.
+
+    ``depth_map`` (a teacher with another tokenizer: ``rollouts`` are the teacher's tokenization of the student's,
+    run/cross.py): per rollout, the teacher position where the student's prefix of each length is cut (at its last
+    common boundary); depths count the student's tokens.
     """
     out = []
+    cut = (lambda i, d: int(depth_map[i][d])) if depth_map is not None else (lambda i, d: d)  # noqa: E731
+    length = ((lambda i: len(depth_map[i]) - 1) if depth_map is not None  # noqa: E731
+              else (lambda i: len(rollouts[i].response_token_ids)))
     for d in depths:
-        pick = [i for i, r in enumerate(rollouts) if r.prompt_index in answers and len(r.response_token_ids) > d]
+        pick = [i for i, r in enumerate(rollouts) if r.prompt_index in answers and length(i) > d]
         if not pick:
             continue
         budget = max(1, max_new_tokens - d)
@@ -38,10 +46,11 @@ def continuation_gain(teacher, rollouts, correct: np.ndarray, answers: dict[int,
         teacher_ok = []
         for b0 in range(0, len(pick), batch_size):
             idx = pick[b0:b0 + batch_size]
-            prefixes = [list(rollouts[i].prompt_token_ids) + list(rollouts[i].response_token_ids[:d]) for i in idx]
+            prefixes = [list(rollouts[i].prompt_token_ids) + list(rollouts[i].response_token_ids[:cut(i, d)])
+                        for i in idx]
             gens = teacher.generate(prefixes, settings, seed=seed + 7919 * (d + 1) + b0)
             for i, g in zip(idx, gens):
-                text = teacher.decode(list(rollouts[i].response_token_ids[:d]) + list(g[0].response_ids))
+                text = teacher.decode(list(rollouts[i].response_token_ids[:cut(i, d)]) + list(g[0].response_ids))
                 teacher_ok.append(float(is_correct(text, answers[rollouts[i].prompt_index])))
         t, s = np.array(teacher_ok), correct[pick]
         out.append(ContinuationGain(depth=int(d), n=len(pick), teacher_accuracy=float(t.mean()),

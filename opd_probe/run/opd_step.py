@@ -13,6 +13,7 @@ next-token distributions at a student-visited state, K = TopK(p), p̃ = p renorm
 
     teacher, topk     sg[p̃(v) (log p(v) − log q(v))] · log p(v) summed over v ∈ K   (thunlp/OPD, arXiv 2604.13016 §2.2)
     teacher, sampled  sg[log p(ŷ) − log q(ŷ)] · log p(ŷ)
+    teacher, sampled, another tokenizer   sg[(log p(c) − log q(c)) / |c|] · log p(ŷ), c the chunk of ŷ (run/cross.py)
     control, topk     c · sg[p̃(v)] · log p(v) summed over v ∈ K    (the teacher's log-ratio replaced by a constant c)
     control, sampled  c · log p(ŷ)                                    (a constant negative advantage −c, arXiv 2608.31046)
 
@@ -90,6 +91,8 @@ def teacher_loss(student, teacher, prompts, responses, k: int, loss: str, chunke
     from ..backends.base import ScoreArrays
 
     top_lp, top_ids, sampled_lp, entropy = head_outputs(student, prompts, responses, k, chunked)
+    if getattr(teacher, "cross", False):
+        return _cross_teacher_loss(student, teacher, prompts, responses, k, top_lp, top_ids, sampled_lp, entropy)
     offsets = _token_offsets(responses)
     ids_np = top_ids.detach().cpu().numpy()
     t = ScoreArrays.concat(teacher.score(
@@ -108,6 +111,28 @@ def teacher_loss(student, teacher, prompts, responses, k: int, loss: str, chunke
         surrogate = ((sampled_lp.detach() - q_sampled) * sampled_lp).mean()
         row["loss"] = row["sampled_reverse_kl"]
     return surrogate, row
+
+
+def _cross_teacher_loss(student, teacher, prompts, responses, k, top_lp, top_ids, sampled_lp, entropy):
+    """A teacher with another tokenizer (run/cross.py CrossTeacher; only the sampled loss): each student token's
+    advantage is its chunk's log q(chunk) − log p(chunk), divided over the chunk's student tokens (the sampled
+    loss when every chunk is one token; docs/cross-tokenizer.md). Chunks with no log-ratio contribute nothing."""
+    import torch
+
+    states = teacher.states(prompts, responses, set(student.eos_ids()), top_ids.detach().cpu().numpy(),
+                            top_lp.detach().cpu().numpy(), entropy.cpu().numpy(), sampled_lp.detach().cpu().numpy(), k)
+    log_ratio = torch.from_numpy(np.nan_to_num(states["sampled_reverse_kl"], nan=0.0)).to(sampled_lp)
+    surrogate = (log_ratio * sampled_lp).mean()
+    row = {m: _nanmean(states[m]) for m in STEP_METRICS if m in states}
+    row["loss"] = row["sampled_reverse_kl"]
+    for m in ("aligned", "chunk_unsupported"):
+        row[m] = _nanmean(states[m])
+    return surrogate, row
+
+
+def _nanmean(x: np.ndarray) -> float:
+    finite = np.isfinite(x)
+    return float(x[finite].mean()) if finite.any() else float("nan")
 
 
 def control_loss(student, prompts, responses, k: int, loss: str, advantage: float = 1.0, chunked: bool = True):

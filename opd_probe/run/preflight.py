@@ -29,7 +29,7 @@ def plan_of(cfg, prompts_given: bool) -> Plan:
     """A Plan from a run config (ProbeConfig, SelectConfig, VerifyConfig): the fields it has are used."""
     backend = getattr(cfg, "score_backend_used", None) or getattr(cfg, "backend", "hf")
     names = ("max_new_tokens", "top_k", "vllm_logprobs", "chat_template", "template", "dtype", "device",
-             "device_map", "batch_size", "trust_remote_code")
+             "device_map", "batch_size", "trust_remote_code", "alignment")
     return Plan(backend=backend, prompts_given=prompts_given,
                 **{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
 
@@ -105,6 +105,7 @@ def model_facts(name: str, role: str, plan: Plan, prompts: Sequence[ProbePrompt]
     try:
         tokenizer = load_tokenizer(path, spec, role)
         rendered, text, error = _render(tokenizer, prompts, plan.chat_template)
+        round_trip = _round_trip_error(tokenizer, prompts) if plan.alignment else None
     finally:
         hf_logging.set_verbosity(before)
     gen = _generation_config(path)
@@ -115,8 +116,19 @@ def model_facts(name: str, role: str, plan: Plan, prompts: Sequence[ProbePrompt]
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         model_type_known=_model_type_known(raw.get("model_type")), weights=weights_summary(path), context_length=ctx,
         rendered=rendered, example_text=text, tokenizer_class=type(tokenizer).__name__,
-        render_error=f"{role} {name}: {error}" if error else None,
+        render_error=f"{role} {name}: {error}" if error else None, round_trip_error=round_trip,
     )
+
+
+def _round_trip_error(tokenizer, prompts: Sequence[ProbePrompt]) -> str | None:
+    """The first prompt message this tokenizer does not reproduce through encode + decode, or None."""
+    from .cross import reproduces
+
+    for p in prompts:
+        for m in p.as_messages():
+            if not reproduces(tokenizer, m["content"]):
+                return m["content"]
+    return None
 
 
 class _Attrs:

@@ -28,8 +28,9 @@ from ..errors import InputError
 from ..rundir import OutDir
 from ..thresholds import Thresholds
 from ..types import Novelty, PairResult, ProbeResults, Rollout
+from ..crossverdict import decide_cross
 from ..verdict import decide, rank_key
-from . import evidence
+from . import cross, evidence
 from .preflight import fail_fast
 from .inputs import StudentSide, fresh_student_side, probe_prompts, reused_student_side
 from .lint import measure_lint
@@ -70,7 +71,7 @@ def run_probe(cfg: ProbeConfig, progress: Progress | None = None, thresholds: Th
     scored = [_score_teacher(cfg, ti, name, student, states, out, progress) for ti, name in enumerate(cfg.teachers)]
 
     pairs = [s.pair for s in scored]
-    teacher_arrays = {s.pair.teacher: s.arrays for s in scored}
+    teacher_arrays = {s.pair.teacher: s.arrays for s in scored if s.arrays is not None}
     if cfg.grad_norm:
         pairs = _with_grad_norms(model_spec(cfg.student, cfg), cfg.score_batch_tokens, pairs, student.rollouts,
                                  student.scores, teacher_arrays, progress)
@@ -155,13 +156,19 @@ class _Scored:
 
     pair: PairResult
     frame: object  # pandas.DataFrame
-    arrays: tuple[np.ndarray, np.ndarray]  # (top-k ids, log-probs at the student's top-k ids)
+    arrays: tuple[np.ndarray, np.ndarray] | None  # (top-k ids, log-probs at the student's top-k ids); None: a
+    # teacher with another tokenizer (neither is over the student's ids)
     query_exact: bool
     template_differs: bool
 
 
 def _score_teacher(cfg: ProbeConfig, index: int, name: str, student: StudentSide, states: _States, out: OutDir,
                    progress: Progress) -> _Scored:
+    if cross.needs_text_alignment(student.vocab, model_spec(name, cfg), cfg.alignment):
+        pair, per_state, exact = cross.score_cross_teacher(cfg, name, teacher_slug(index, name), student, states, out,
+                                                           progress)
+        return _Scored(pair=pair, frame=_state_frame(name, student.rollouts, states, per_state, exact), arrays=None,
+                       query_exact=True, template_differs=False)
     run = _run_teacher(cfg, name, teacher_slug(index, name), student, states, out, progress)
     pair, per_state, exact = _pair_result(cfg, run, student, states)
     q = run.scores.query_exact_LQ
@@ -177,6 +184,10 @@ def _run_teacher(cfg: ProbeConfig, name: str, slug: str, student: StudentSide, s
     t0 = time.perf_counter()
     teacher, vocab_warnings = load_teacher(cfg.score_backend_used, model_spec(name, cfg), cfg.top_k, student.vocab,
                                            name)
+    if vocab_warnings:  # tokens the student lacks: do they change how the teacher splits the student's text?
+        split = cross.split_warning(student.tokenizer, cross.teacher_tokenizer(model_spec(name, cfg)),
+                                    student.rollouts, name)
+        vocab_warnings = vocab_warnings + ([split] if split else [])
     load_s = time.perf_counter() - t0
     by_template, pair_templates = score_templates(
         teacher, name, slug, student.rollouts, student.teacher_views.get(name), student.tokenizer, out, progress,
@@ -299,7 +310,7 @@ def _write_outputs(out: OutDir, student: StudentSide, scored: list[_Scored], res
 
     out.write_parquet("states.parquet", pd.concat([s.frame for s in scored], ignore_index=True))
     out.write_tokens(token_strings(student.tokenizer, student.rollouts,
-                                   [student.scores.topk_ids_LK] + [s.arrays[0] for s in scored]))
+                                   [student.scores.topk_ids_LK] + [s.arrays[0] for s in scored if s.arrays]))
     out.write_results(results)
 
 
@@ -331,6 +342,9 @@ def _with_verdicts(pairs: list[PairResult], th: Thresholds, dist: dict | None,
     same = novelty.indistinguishable_pairs(dist, th.indistinguishable_overlap, th.indistinguishable_kl) if dist else {}
     out = []
     for p in pairs:
+        if p.alignment:  # another tokenizer: its own rules (crossverdict.py)
+            out.append(replace(p, verdict=decide_cross(p.teacher, _means(p), th, continuation=p.novelty.continuation)))
+            continue
         depth = [(b["start"], b["n_states"], b["metrics"]["overlap_ratio"].mean) for b in p.depth]
         v = decide(p.teacher, _means(p), th, depth_overlap=depth,
                    continuation=p.novelty.continuation, indistinguishable_from=same.get(p.teacher),
@@ -351,6 +365,12 @@ def _with_grad_norms(spec: ModelSpec, budget: int, pairs: list[PairResult], roll
     progress.stage("step-0 gradient norms", len(pairs))
     out = []
     for p in pairs:
+        if p.teacher not in teacher_arrays:  # another tokenizer: no log-probs at the student's ids to differentiate
+            out.append(replace(p, warnings=p.warnings + (
+                "--grad-norm: not measured for a teacher with another tokenizer (the OPD top-k loss needs its "
+                "log-probs of the student's token ids)",)))
+            progress.advance(1)
+            continue
         t0 = time.perf_counter()
         norm = evidence.step0_grad_norm(student, rollouts, student_scores.topk_ids_LK, teacher_arrays[p.teacher][1],
                                        batch_tokens=budget)

@@ -122,6 +122,12 @@ class VerifyConfig:
     # verify's flags that are not settings of the run (what to print, the gate)
     CLI_ONLY = ("print_recipe", "gate", "json_out", "quiet")
 
+    @property
+    def alignment(self) -> str | None:
+        """The preflight's reading of a teacher with another tokenizer: the sampled loss trains it at chunk level
+        through text alignment (run/cross.py); the top-k loss needs the student's tokenizer."""
+        return "auto" if self.loss == "sampled" else None
+
     @classmethod
     def from_flags(cls, flags: dict) -> "VerifyConfig":
         """The config of `opd-probe verify`'s flag values (by parameter name): paths as strings, --no-chat-template
@@ -289,8 +295,11 @@ def load_models(cfg: VerifyConfig, inputs: Inputs, progress) -> Loaded:
     settle --dtype auto on CPU on it; the teacher loads when an arm first needs it."""
     from .verify_models import Models
 
+    from .cross import verify_setup
+
     models = Models(cfg, inputs.devices, progress)
     data = render_data(cfg, inputs, models.spec_s)
+    models.cross = verify_setup(cfg, inputs, models.spec_s, models.spec_t)
     memory = memory_check(cfg, models.spec_s, models.spec_t, inputs.devices, models.dtypes,
                           max(len(r) for r in data.train))
     s0 = models.student()
@@ -344,14 +353,19 @@ def build_result(cfg: VerifyConfig, inputs: Inputs, loaded: Loaded, recs: ArmRec
     """The experiment (verify_summary.summarise), the probe's prediction on the first teacher seed's step 0, the
     first teacher seed's accuracy summaries and trends, and the whole record."""
     from ..thresholds import Thresholds
+    from ..crossverdict import decide_cross
     from ..verdict import decide
     from .stages import environment
 
     experiment = summarise(cfg, recs.baseline, recs.teacher, recs.control, recs.teacher_acc)
     first = recs.teacher[0]
     step0 = first["step0"] or {}
-    prediction = decide(cfg.teacher, {k: v for k, v in step0.items() if k != "top_k"}, Thresholds(),
-                        template_differs=s.info["chat_template_hash"] != t.info["chat_template_hash"])
+    pooled0 = {k: v for k, v in step0.items() if k != "top_k"}
+    if loaded.models.cross is not None:  # another tokenizer: its own rules (crossverdict.py)
+        prediction = decide_cross(cfg.teacher, pooled0, Thresholds())
+    else:
+        prediction = decide(cfg.teacher, pooled0, Thresholds(),
+                            template_differs=s.info["chat_template_hash"] != t.info["chat_template_hash"])
     decision = experiment["decision"]
     evals = ([{"phase": "before", "step": 0, **arms.summary(recs.baseline["target"], cfg.eval_samples)}]
              + [{"phase": e["phase"], "step": e["step"], **arms.summary(e["target"], cfg.eval_samples)}

@@ -131,6 +131,7 @@ class Models:
         self.fresh = False  # whether ``current`` is untouched
         self.loaded_teacher = None
         self.warnings: list[str] = []  # the vocabulary check's, once the teacher loaded
+        self.cross = None  # (TextPair, prompt map) when the teacher has another tokenizer (run/cross.py)
 
     def student(self):
         """The untouched student: loaded again after an arm-seed trained it."""
@@ -166,9 +167,14 @@ class Models:
             t.model.requires_grad_(False)
             # the vocabulary does not change with training: read it from the student in hand, so a first teacher load
             # inside an arm-seed does not reload (and so forget) the student that arm is training
+            check_top_k(t, self.cfg.top_k, "teacher")
+            if self.cross is not None:  # another tokenizer: scored through text alignment, chunk-level loss
+                from .cross import CrossTeacher
+
+                self.loaded_teacher = CrossTeacher(t, *self.cross)
+                return self.loaded_teacher
             student = self.current if self.current is not None else self.student()
             self.warnings = check_vocab(student.vocab(), t.vocab(), self.cfg.teacher)
-            check_top_k(t, self.cfg.top_k, "teacher")
             self.loaded_teacher = t
         return self.loaded_teacher
 

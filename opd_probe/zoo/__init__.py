@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 
 ZOO_MODELS = Path(__file__).resolve().parent / "models"
+ZOO_CROSS = Path(__file__).resolve().parent / "cross"  # teachers under another tokenizer (lab/build_cross.py)
 ZOO_PROMPTS = Path(__file__).resolve().parent / "prompts"
 GROUND_TRUTH = Path(__file__).resolve().parent / "ground_truth.json"
 PREFIX = "zoo:"
@@ -32,8 +33,14 @@ def resolve(path: str) -> str:
     if not path.startswith(PREFIX):
         return path
     name = path[len(PREFIX):]
-    folder = ZOO_MODELS / name
-    if not (folder / "config.json").exists():
-        raise ModelLoadError(f"no zoo model named {name!r}",
-                             fix=f"use one of: {', '.join('zoo:' + n for n in names()) or '(the zoo is not built)'}")
-    return str(folder)
+    for root in (ZOO_MODELS, ZOO_CROSS):
+        if (root / name / "config.json").exists():
+            return str(root / name)
+    known = names() + cross_names()
+    raise ModelLoadError(f"no zoo model named {name!r}",
+                         fix=f"use one of: {', '.join('zoo:' + n for n in known) or '(the zoo is not built)'}")
+
+
+def cross_names() -> list[str]:
+    """The zoo's teachers under another tokenizer than the zoo's (docs/cross-tokenizer.md)."""
+    return sorted(p.name for p in ZOO_CROSS.iterdir() if (p / "config.json").exists()) if ZOO_CROSS.is_dir() else []
