@@ -312,6 +312,7 @@ def verify(
     top_k: opt.VerifyTopK = DEFAULT_TOP_K,
     probe_top_k: opt.ProbeTopK = DEFAULT_VERIFY_PROBE_TOP_K,
     loss: opt.Loss = DEFAULT_VERIFY_LOSS,
+    alignment: opt.Alignment = DEFAULT_ALIGNMENT,
     max_new_tokens: opt.VerifyMaxNewTokens = DEFAULT_VERIFY_MAX_NEW_TOKENS,
     eval_every: opt.EvalEvery = DEFAULT_VERIFY_EVAL_EVERY,
     eval_samples: opt.EvalSamples = DEFAULT_VERIFY_EVAL_SAMPLES,

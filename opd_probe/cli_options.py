@@ -87,9 +87,9 @@ GradNorm = Annotated[bool, typer.Option(
     "--grad-norm", help="Step-0 gradient norm of the OPD loss (one student backward pass per teacher).")]
 Alignment = Annotated[str, typer.Option(
     "--alignment",
-    help="How teachers score the student's responses: auto (on the student's token ids when a teacher shares its "
-         "tokenizer, through text alignment when it has another: docs/cross-tokenizer.md) or text (through text "
-         "alignment always, to read a same-tokenizer teacher both ways).")]
+    help="How a teacher reads the student's responses: auto (the student's token ids when it shares the student's "
+         "token -> id map, its own tokenization of the text otherwise: docs/cross-tokenizer.md) or text (its own "
+         "tokenization always; verify: needs --loss sampled).")]
 Template = Annotated[str, typer.Option(
     "--template",
     help="Prompt rendering the teachers score the student's responses under: student (the student's chat "

@@ -231,3 +231,32 @@ def test_verify_trains_a_teacher_with_another_tokenizer_with_the_sampled_loss(st
     cold = cli("verify", student, other_tok_teacher, "--prompts", TINY_PROMPTS, "--out", tmp_path / "c", "--steps",
                "1", "--loss", "sampled", "--cold-start", "4", "--quiet")
     assert cold.code == 2 and "--cold-start" in cold.err and "not supported yet" in cold.err
+
+
+# ------------------------------------------------------------------------------------------------ the pilot
+def _git(cwd, *args):
+    import subprocess
+
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_pilot_measures_outcomes_only_after_its_predictions_are_committed(tmp_path):
+    from opd_probe.errors import InputError
+    from opd_probe.lab import cross_pilot
+
+    root = tmp_path / "benchmarks" / "cross"
+    root.mkdir(parents=True)
+    _git(tmp_path, "init", "-q")
+    with pytest.raises(InputError, match="not committed"):
+        cross_pilot.guard(root)
+    pred = root / "predictions.json"
+    pred.write_text(json.dumps({"rules_hash": cross_pilot.rules_hash()}))
+    with pytest.raises(InputError, match="not committed"):
+        cross_pilot.guard(root)
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.email=a@b", "-c", "user.name=t", "commit", "-qm", "predictions")
+    cross_pilot.guard(root)
+    pred.write_text(json.dumps({"rules_hash": "0" * 16}))
+    _git(tmp_path, "-c", "user.email=a@b", "-c", "user.name=t", "commit", "-qam", "other rules")
+    with pytest.raises(InputError, match="made with rules"):
+        cross_pilot.guard(root)

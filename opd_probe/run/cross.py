@@ -367,7 +367,7 @@ def verify_setup(cfg, inputs, spec_s, spec_t):
     None. Such a pair trains at chunk level (--loss sampled); a cold start (teacher rollouts in the student's
     tokens) is not built for it."""
     student_tok = load_tokenizer(resolve_model_path(spec_s, "student"), spec_s, "student")
-    if not needs_text_alignment(student_tok.get_vocab(), spec_t, "auto"):
+    if not needs_text_alignment(student_tok.get_vocab(), spec_t, cfg.alignment):
         return None
     if cfg.loss != "sampled":  # the preflight refuses it first; kept for library callers
         raise InputError(f"teacher {cfg.teacher} has another tokenizer: the top-k loss needs its log-probs of the "

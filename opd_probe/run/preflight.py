@@ -29,8 +29,9 @@ def plan_of(cfg, prompts_given: bool) -> Plan:
     """A Plan from a run config (ProbeConfig, SelectConfig, VerifyConfig): the fields it has are used."""
     backend = getattr(cfg, "score_backend_used", None) or getattr(cfg, "backend", "hf")
     names = ("max_new_tokens", "top_k", "vllm_logprobs", "chat_template", "template", "dtype", "device",
-             "device_map", "batch_size", "trust_remote_code", "alignment")
+             "device_map", "batch_size", "trust_remote_code")
     return Plan(backend=backend, prompts_given=prompts_given,
+                alignment=getattr(cfg, "preflight_alignment", getattr(cfg, "alignment", None)),
                 **{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
 
 

@@ -58,6 +58,9 @@ class VerifyConfig:
     samples: int = C.DEFAULT_SAMPLES
     top_k: int = C.DEFAULT_TOP_K
     loss: str = C.DEFAULT_VERIFY_LOSS
+    # a teacher with another tokenizer, or any teacher with "text": trained through text alignment at chunk level
+    # (run/cross.py; the sampled loss only)
+    alignment: str = C.DEFAULT_ALIGNMENT
     temperature: float = C.DEFAULT_TEMPERATURE
     max_new_tokens: int = C.DEFAULT_VERIFY_MAX_NEW_TOKENS
     eval_every: int = C.DEFAULT_VERIFY_EVAL_EVERY
@@ -107,6 +110,9 @@ class VerifyConfig:
             (self.min_gain >= 0, "--min-gain must be >= 0"),
             (self.temperature > 0, "--temperature must be positive (OPD samples the student)"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})"),
+            (self.alignment in C.ALIGNMENTS, f"--alignment takes {' or '.join(C.ALIGNMENTS)}; got {self.alignment!r}"),
+            (self.alignment != "text" or self.loss == "sampled",
+             "--alignment text trains at chunk level, which needs --loss sampled"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -123,10 +129,10 @@ class VerifyConfig:
     CLI_ONLY = ("print_recipe", "gate", "json_out", "quiet")
 
     @property
-    def alignment(self) -> str | None:
+    def preflight_alignment(self) -> str | None:
         """The preflight's reading of a teacher with another tokenizer: the sampled loss trains it at chunk level
-        through text alignment (run/cross.py); the top-k loss needs the student's tokenizer."""
-        return "auto" if self.loss == "sampled" else None
+        through text alignment (run/cross.py); the top-k loss needs the student's tokenizer (an error)."""
+        return self.alignment if self.loss == "sampled" else None
 
     @classmethod
     def from_flags(cls, flags: dict) -> "VerifyConfig":
