@@ -52,6 +52,7 @@ def predict(work: Path) -> dict:
     """Probe the pairs (one student run, its rollouts reused for the text-aligned teachers) and write the
     predictions: each pair's verdict, reasons and the numbers they read."""
     from ..config import ProbeConfig
+    from ..rundir import dumps
     from ..run.probe import run_probe
     from ..zoo import ZOO_PROMPTS
 
@@ -77,7 +78,7 @@ def predict(work: Path) -> dict:
             "metrics": {m: p.pooled[m].mean for m in keep if m in p.pooled},
             "continuation_gain_0": base.gain if base else None}
     PILOT_DIR.mkdir(parents=True, exist_ok=True)
-    (PILOT_DIR / "predictions.json").write_text(json.dumps(out, indent=1) + "\n")
+    (PILOT_DIR / "predictions.json").write_text(dumps(out) + "\n")  # strict JSON: NaN -> null
     return out
 
 
@@ -157,17 +158,17 @@ def score() -> str:
              "vs control [95%] | retention | outcome |", "|---|---|---|---|---|---|---|---|---|---|"]
     hits = {"verdict": [], "always-warn": [], "always-go": [], "teacher accuracy": []}
     for pid, teacher, mode in PAIRS:
-        p = pred["pairs"][pid]
+        p, read_on = pred["pairs"][pid], "ids" if mode == "auto" else "text"
         f = PILOT_DIR / "outcomes" / f"{pid}.json"
         o = json.loads(f.read_text()) if f.exists() else None
         pattern = p["metrics"].get("chunk_unsupported" if mode == "text" else "unsupported")
         if o is None:
-            lines.append(f"| {pid} | {mode} | {p['status']} | {pattern:.3f} | {fmt(p['continuation_gain_0'])} | "
+            lines.append(f"| {pid} | {read_on} | {p['status']} | {pattern:.3f} | {fmt(p['continuation_gain_0'])} | "
                          f"{man[teacher]['hard']:.3f} | not measured | | | |")
             continue
         g, c, r = (o["intervals"][k] for k in ("teacher_vs_baseline", "teacher_vs_control",
                                                "retention_teacher_vs_baseline"))
-        lines.append(f"| {pid} | {'ids' if mode == 'auto' else 'text'} | {p['status']} | {pattern:.3f} | "
+        lines.append(f"| {pid} | {read_on} | {p['status']} | {pattern:.3f} | "
                      f"{fmt(p['continuation_gain_0'])} | {man[teacher]['hard']:.3f} | {g['mean']:+.3f} "
                      f"[{g['low']:+.3f}, {g['high']:+.3f}] | {c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] | "
                      f"{r['mean']:+.3f} | {o['label']} |")
