@@ -1,4 +1,5 @@
-"""Pure: two tokenizations of one text, aligned at their common boundaries (cross-tokenizer pairs, docs/cross-tokenizer.md).
+"""Pure: two tokenizations of one text, aligned at their common boundaries (cross-tokenizer pairs;
+docs/cross-tokenizer.md).
 
 A teacher with another tokenizer cannot score the student's token ids; it scores its own tokenization of the
 student's response *text*. Both tokenizations cut the text somewhere: a *common boundary* is a character offset

@@ -146,8 +146,8 @@ def pair_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
             out.append(_f("error", "round-trip", f"teacher {t.name}'s tokenizer does not give back the text it "
                           f"encodes ({t.round_trip_error[:60]!r}): its normalizer or unknown tokens change the text, "
                           "so it cannot be aligned with the student's tokens", CROSS_FIX))
-        out.append(_f("info", "rendering", f"teacher {t.name} reads the prompts under its own chat template and "
-                      "its own tokenization of the student's text (another tokenizer)"))
+        out.append(_f("info", "rendering", f"teacher {t.name} reads the prompts under its own chat template (the "
+                      "plain text without one) and its own tokenization of the student's text (another tokenizer)"))
         out.extend(teacher_context_findings(s, t, replace(plan, template=("teacher",))))
         out.extend(logprob_findings(t, plan))
         return [Finding(f.level, f.code, f.message, f.fix, f.model or t.name, t.name, f.details) for f in out]
@@ -161,8 +161,8 @@ def pair_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
 def vocab_finding(s: ModelFacts, t: ModelFacts, plan: Plan | None = None) -> Finding:
     """The whole token -> id map over the student's ids (not only the size): OPD feeds the student's ids to the
     teacher. A padded output head is not a difference; tokens only the teacher has are a warning. Another map is an
-    error, except for compare and check (``plan.alignment`` set), which score such a teacher through text
-    alignment (a warning: docs/cross-tokenizer.md)."""
+    error, except where ``plan.alignment`` is set (check, compare, verify --loss sampled), which read such a teacher
+    through text alignment (a warning: docs/cross-tokenizer.md)."""
     differ, extra = vocab_diff(s.vocab, t.vocab)
     if differ and plan is not None and plan.alignment:
         return _f("warn", "vocab", f"teacher {t.name} has another tokenizer ({len(differ)} of the student's "

@@ -250,6 +250,17 @@ def aggregate(
     }
 
 
+def per_prompt_table(agg: dict, prompt_ids: dict[int, str]) -> dict[str, dict]:
+    """results.json per_prompt from ``aggregate``'s output: prompt id -> {metric: mean (None: no state), n_states},
+    for the prompts in ``prompt_ids`` (index -> id)."""
+    out = {}
+    for pi in sorted(prompt_ids):
+        row = {m: (None if np.isnan(v[pi]) else float(v[pi])) for m, v in agg["per_prompt"].items()}
+        row["n_states"] = int(agg["per_prompt_states"][pi])
+        out[prompt_ids[pi]] = row
+    return out
+
+
 def depth_edges_for(bucket_size: int, max_depth: int) -> list[int]:
     """Bucket starts 0, size, 2*size, ... covering positions [0, max_depth)."""
     if bucket_size <= 0:

@@ -16,6 +16,10 @@ def recipe(engine: str, cfg, cross_tokenizer: bool = False) -> str:
     """Settings text for ``engine`` from a VerifyConfig-like object (student, teacher, top_k, loss, lr, ...).
     ``cross_tokenizer``: the teacher has another tokenizer (trl: the GOLD trainer, which aligns the two; verl's
     OPD recipe scores the student's ids and has no such mode)."""
+    if engine == "verl" and cross_tokenizer:
+        raise InputError("--print-recipe verl: the paper's verl recipe scores the student's token ids, and this "
+                         "teacher has another tokenizer", fix="use --print-recipe trl (the GOLD trainer aligns the "
+                         "two tokenizations), or pick a teacher from the student's model family")
     k = cfg.top_k if cfg.loss == "topk" else 0
     cold = (f"# cold start first: SFT the student on {cfg.cold_start} teacher rollouts (paper section 5.1)\n"
             if cfg.cold_start else "")
@@ -58,10 +62,6 @@ def recipe(engine: str, cfg, cross_tokenizer: bool = False) -> str:
             ")\n"
             f"trainer = GOLDTrainer(model='{cfg.student}', teacher_model='{cfg.teacher}', args=config, ...)\n"
         )
-    if engine == "verl" and cross_tokenizer:
-        raise InputError("--print-recipe verl: the paper's verl recipe scores the student's token ids, and this "
-                         "teacher has another tokenizer", fix="use --print-recipe trl (the GOLD trainer aligns the "
-                         "two tokenizations), or pick a teacher from the student's model family")
     if engine == "trl":
         return (
             "# TRL GKDTrainer as on-policy distillation\n"

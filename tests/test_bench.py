@@ -126,25 +126,34 @@ def _git(cwd, *args):
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def test_held_out_outcomes_are_refused_until_the_predictions_are_committed(tmp_path):
+def _guards():
+    """(folder, predictions file, guard, rules hash) of each pre-registered measurement: the held-out family and the
+    cross-tokenizer pilot (docs/cross-tokenizer.md)."""
+    from opd_probe.lab import cross_pilot
     from opd_probe.lab.validation import current_rules_hash
 
-    root = tmp_path / "benchmarks" / "validation"
+    return [("validation", "predictions-heldout.json", bench.guard_heldout, current_rules_hash),
+            ("cross", "predictions.json", cross_pilot.guard, cross_pilot.rules_hash)]
+
+
+@pytest.mark.parametrize("folder,name,guard,current", _guards(), ids=["held-out family", "cross-tokenizer pilot"])
+def test_outcomes_are_refused_until_the_predictions_are_committed(tmp_path, folder, name, guard, current):
+    root = tmp_path / "benchmarks" / folder
     root.mkdir(parents=True)
     _git(tmp_path, "init", "-q")
     with pytest.raises(InputError, match="not committed"):
-        bench.guard_heldout(root)
-    pred = root / "predictions-heldout.json"
-    pred.write_text(json.dumps({"rules_hash": current_rules_hash()}))
+        guard(root)
+    pred = root / name
+    pred.write_text(json.dumps({"rules_hash": current()}))
     with pytest.raises(InputError, match="not committed"):
-        bench.guard_heldout(root)
+        guard(root)
     _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.email=a@b", "-c", "user.name=t", "commit", "-qm", "predictions")
-    bench.guard_heldout(root)  # committed, current rules: allowed
+    guard(root)  # committed, current rules: allowed
     pred.write_text(json.dumps({"rules_hash": "0" * 16}))
     _git(tmp_path, "-c", "user.email=a@b", "-c", "user.name=t", "commit", "-qam", "other rules")
     with pytest.raises(InputError, match="made with rules"):
-        bench.guard_heldout(root)
+        guard(root)
 
 
 def test_predicted_gain_is_the_depth0_gain_on_the_supported_share():

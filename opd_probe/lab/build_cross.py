@@ -2,10 +2,11 @@
 
 Two teachers of the zoo's addition task (task.py) under a *coarser* tokenizer than the zoo's character one: the
 characters plus whole pieces the scratchpad repeats ("Answer: ", and each step's carry "+0=", "+1=").
-So a teacher's vocabulary differs from the student's, and a response is cut into fewer, longer tokens:
+The characters keep the zoo's ids and the pieces are added: a superset vocabulary whose tokenizer cuts a response
+into fewer, longer tokens (on the student's ids such a teacher reads splits it never produces; docs/cross-tokenizer.md):
 
-    aligned-coarse   the `aligned` recipe (same data and seed, twice the steps) under the coarse tokenizer: the student's
-                     scratchpad and the aligned teacher's knowledge -> should read as highly compatible
+    aligned-coarse   the `aligned` recipe (same data and seed, twice the steps) under the coarse tokenizer: the
+                     student's scratchpad and the aligned teacher's knowledge -> should read as highly compatible
     strong-coarse    the `strong` recipe (another scratchpad notation) under the coarse tokenizer -> should not
 
 Each is asserted on the zoo's held-out problems before saving (bf16, like the zoo). docs/cross-tokenizer.md.

@@ -73,7 +73,8 @@ def predict(work: Path) -> dict:
         p = runs[mode].pair(f"zoo:{teacher}")
         base = next((c for c in p.novelty.continuation or () if c.depth == 0), None)
         out["pairs"][pid] = {
-            "teacher": teacher, "alignment": mode, "status": p.verdict.status, "predicts_works": p.verdict.status == "go",
+            "teacher": teacher, "alignment": mode, "status": p.verdict.status,
+            "predicts_works": p.verdict.status == "go",
             "reasons": [f"{r.code}:{r.severity}" for r in p.verdict.reasons],
             "metrics": {m: p.pooled[m].mean for m in keep if m in p.pooled},
             "continuation_gain_0": base.gain if base else None}

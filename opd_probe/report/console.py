@@ -62,7 +62,12 @@ def verdict_lines(results: ProbeResults) -> list[str]:
         e = by[name].pooled
         head = (f"{escape(names[name]):<{width}}  {STATUS_PADDED[v.status]}  overlap {fmt(e['overlap_ratio'].mean, 2)} "
                 f"[{fmt(e['overlap_ratio'].ci_low, 2)}, {fmt(e['overlap_ratio'].ci_high, 2)}]  mass "
-                f"{fmt(e['overlap_mass_student'].mean, 2)}  signal {fmt(e['topk_reverse_kl'].mean, 3)} nats/token")
+                f"{fmt(e['overlap_mass_student'].mean, 2)}  ")
+        if by[name].alignment:  # another tokenizer: the chunk-level figures its verdict reads (crossverdict.py)
+            head += (f"chunk KL {fmt(e['sampled_reverse_kl'].mean, 3)} nats/token  unsupported chunks "
+                     f"{fmt(e['chunk_unsupported'].mean, 3)}  aligned {fmt(e['aligned'].mean, 2)}")
+        else:
+            head += f"signal {fmt(e['topk_reverse_kl'].mean, 3)} nats/token"
         novelty = by[name].novelty
         if novelty.continuation:
             head += "  gain " + gains(novelty.continuation)

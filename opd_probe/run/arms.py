@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import metrics
-from .opd_step import STEP_METRICS, control_loss, sft_loss, teacher_loss
+from .opd_step import STEP_METRICS, control_loss, finite_mean, sft_loss, teacher_loss
 from .stages import sampling_seed
 
 CROSS_STEP0 = ("aligned", "chunk_unsupported", "shared_mass_student")  # what a cross-tokenizer verdict reads
@@ -216,7 +216,8 @@ def run_arm_seed(arm: str, seed: int, student, teacher, data: Data, cfg, progres
         responses = [g.response_ids for g_list in gens for g in g_list]
         if step == 1 and arm == "teacher" and probe_k is not None:
             states = probe_states(student, teacher, prompts_b, responses, probe_k)
-            rec["step0"] = {m: _mean(states[m]) for m in STEP_METRICS + CROSS_STEP0 if m in states} | {"top_k": probe_k}
+            rec["step0"] = ({m: finite_mean(states[m]) for m in STEP_METRICS + CROSS_STEP0 if m in states}
+                            | {"top_k": probe_k})
         with autocast(student):
             if arm == "teacher":
                 surrogate, row = teacher_loss(student, teacher, prompts_b, responses, cfg.top_k, cfg.loss)
@@ -251,12 +252,6 @@ def run_arm_seed(arm: str, seed: int, student, teacher, data: Data, cfg, progres
         rec["evals"].append(evaluate(student, data, cfg, "opd", cfg.steps, progress))
     rec["seconds"] = time.perf_counter() - t_start
     return rec
-
-
-def _mean(x: np.ndarray) -> float:
-    """Mean over the finite states (NaN where a metric is undefined everywhere: a teacher with another tokenizer)."""
-    finite = np.isfinite(x)
-    return float(x[finite].mean()) if finite.any() else float("nan")
 
 
 def autocast(student):

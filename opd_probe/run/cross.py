@@ -1,6 +1,7 @@
-"""compare with a teacher that has another tokenizer (docs/cross-tokenizer.md): the student's response *text*,
-tokenized by the teacher after the teacher's own rendering of the prompt, scored by the teacher, and aligned with
-the student's tokens at their common boundaries (align.py); metrics in crossmetrics.py, verdict in crossverdict.py.
+"""compare and verify with a teacher that has another tokenizer (docs/cross-tokenizer.md): the student's response
+*text*, tokenized by the teacher after the teacher's own rendering of the prompt, scored by the teacher, and aligned
+with the student's tokens at their common boundaries (align.py); metrics in crossmetrics.py, verdict in
+crossverdict.py.
 
 Token starts come from decoding token prefixes with each model's own tokenizer (not from the tokenizers' offset
 mappings: byte-level BPE offsets trim a token's leading space, which would put the two sides' boundaries at
@@ -23,7 +24,6 @@ from ..errors import InputError
 from ..prompts import render_prompt_ids
 from ..types import ProbePrompt, Rollout
 from ..vocab import CROSS_FIX
-
 
 
 # ------------------------------------------------------------------------------------------------ token texts
@@ -276,18 +276,19 @@ def score_cross_teacher(cfg, name: str, slug: str, student, states, out, progres
     n = len(states.depth_N)
     exact = {m: np.zeros(n, dtype=bool) for m in APPROXIMATE}
     approx = {m: {"exact_fraction": 0.0, "how": HOW[m]} for m in APPROXIMATE}
-    per_prompt = {}
-    for pi in sorted(states.prompt_ids):
-        row = {m: (None if np.isnan(v[pi]) else float(v[pi])) for m, v in agg["per_prompt"].items()}
-        row["n_states"] = int(agg["per_prompt_states"][pi])
-        per_prompt[states.prompt_ids[pi]] = row
-    warnings = [f"teacher {name} has another tokenizer: scored on its own tokenization of the student's text "
-                f"({view.record['aligned_share']:.0%} of the student's positions aligned, {view.record['chunks']} "
-                "chunks); chunk-level metrics are exact, position-level ones approximate (pairs[].alignment)"]
+    for side, scores in (("student", s), ("teacher", t_scores)):  # vLLM scoring: entropies from top-K' (docs/vllm.md)
+        if scores.entropy_exact_L is not None and not scores.entropy_exact_L.all():
+            approx[f"{side}_entropy"] = {"exact_fraction": float(scores.entropy_exact_L.mean()),
+                                         "how": "estimated from top-K' log-probs (docs/vllm.md)"}
+    why = "--alignment text" if cfg.alignment == "text" else "another tokenizer"
+    warnings = [f"teacher {name} scored on its own tokenization of the student's text ({why}; "
+                f"{view.record['aligned_share']:.0%} of the student's positions aligned, {view.record['chunks']} "
+                "chunks): chunk-level metrics are exact, position-level ones approximate (pairs[].alignment)"]
     if "student" in cfg.template and cfg.chat_template:
-        warnings[0] += f"; it read the prompts as {view.record['teacher_rendering']}, not the student's rendering"
+        warnings[0] += f"; its prompts: {view.record['teacher_rendering']}, not the student's rendering"
     pair = PairResult(
-        teacher=name, slug=slug, model=info, pooled=agg["pooled"], depth=tuple(agg["depth"]), per_prompt=per_prompt,
+        teacher=name, slug=slug, model=info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
+        per_prompt=metrics.per_prompt_table(agg, states.prompt_ids),
         timings={"load_seconds": load_s, **timing}, warnings=tuple(warnings), novelty=pair_novelty,
         approximate=approx,
         alignment={**view.record, "metrics": {m: HOW[m] for m in per_state}},
@@ -307,15 +308,16 @@ def needs_text_alignment(student_vocab: dict[str, int], spec: ModelSpec, alignme
 
 
 def other_tokenizer(cfg) -> bool:
-    """Whether a verify config's teacher has another token -> id map than its student (tokenizers only; False when
-    either cannot be read: --print-recipe then prints the same-tokenizer recipe)."""
+    """Whether a verify config's teacher is read through text (another token -> id map than its student's, or
+    --alignment text; tokenizers only; False when either cannot be read: --print-recipe then prints the
+    same-tokenizer recipe)."""
     from ..errors import ProbeError
     from .stages import model_spec
 
     try:
         spec = model_spec(cfg.student, cfg)
         vocab = load_tokenizer(resolve_model_path(spec, "student"), spec, "student").get_vocab()
-        return needs_text_alignment(vocab, model_spec(cfg.teacher, cfg), "auto")
+        return needs_text_alignment(vocab, model_spec(cfg.teacher, cfg), cfg.alignment)
     except (ProbeError, OSError, ValueError):
         return False
 

@@ -123,14 +123,14 @@ def _cross_teacher_loss(student, teacher, prompts, responses, k, top_lp, top_ids
                             top_lp.detach().cpu().numpy(), entropy.cpu().numpy(), sampled_lp.detach().cpu().numpy(), k)
     log_ratio = torch.from_numpy(np.nan_to_num(states["sampled_reverse_kl"], nan=0.0)).to(sampled_lp)
     surrogate = (log_ratio * sampled_lp).mean()
-    row = {m: _nanmean(states[m]) for m in STEP_METRICS if m in states}
+    row = {m: finite_mean(states[m]) for m in STEP_METRICS + ("aligned", "chunk_unsupported") if m in states}
     row["loss"] = row["sampled_reverse_kl"]
-    for m in ("aligned", "chunk_unsupported"):
-        row[m] = _nanmean(states[m])
     return surrogate, row
 
 
-def _nanmean(x: np.ndarray) -> float:
+def finite_mean(x: np.ndarray) -> float:
+    """Mean over the finite states (NaN where a metric is undefined everywhere: a teacher with another tokenizer
+    has no top-k reverse KL)."""
     finite = np.isfinite(x)
     return float(x[finite].mean()) if finite.any() else float("nan")
 

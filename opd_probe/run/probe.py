@@ -236,14 +236,10 @@ def _pair_result(cfg: ProbeConfig, run: _TeacherRun, student: StudentSide,
                                                            states.n_prompts, n_boot=cfg.n_boot, seed=cfg.seed,
                                                            level=cfg.ci_level))
         timing = {**timing, **{f"teacher_template_{k}": v for k, v in other_timing.items()}}
-    per_prompt = {}
-    for pi in sorted(states.prompt_ids):
-        row = {m: (None if np.isnan(v[pi]) else float(v[pi])) for m, v in agg["per_prompt"].items()}
-        row["n_states"] = int(agg["per_prompt_states"][pi])
-        per_prompt[states.prompt_ids[pi]] = row
     pair = PairResult(
         teacher=run.name, slug=run.slug, model=run.info, pooled=agg["pooled"], depth=tuple(agg["depth"]),
-        per_prompt=per_prompt, timings={"load_seconds": run.load_seconds, **timing, "lint_seconds": run.lint.seconds},
+        per_prompt=metrics.per_prompt_table(agg, states.prompt_ids),
+        timings={"load_seconds": run.load_seconds, **timing, "lint_seconds": run.lint.seconds},
         warnings=tuple(pair_warnings) + tuple(pair_templates.pop("warnings", ())),
         novelty=run.novelty, templates=pair_templates, approximate=approx, lint=run.lint,
     )

@@ -299,9 +299,8 @@ def vocabulary_notes(cfg: VerifyConfig, V: int) -> tuple[int, list[str]]:
 def load_models(cfg: VerifyConfig, inputs: Inputs, progress) -> Loaded:
     """Render the prompts and estimate the memory (exit 2 when the step cannot fit), then load the student and
     settle --dtype auto on CPU on it; the teacher loads when an arm first needs it."""
-    from .verify_models import Models
-
     from .cross import verify_setup
+    from .verify_models import Models
 
     models = Models(cfg, inputs.devices, progress)
     data = render_data(cfg, inputs, models.spec_s)
