@@ -115,8 +115,8 @@ def _ranking_rows(r: ProbeResults, names: dict[str, str], views: dict, key: str)
             e = p.pooled.get(c.metric)
             approx = p.approximate.get(c.metric)
             cells.append({"mean": fmt(e.mean if e else None, c.digits), "ci": ci_range(e, c.digits) if e else "",
-                          "approx": (f"exact at {approx['exact_fraction']:.0%} of states; {approx['how']}"
-                                     if approx else None)})
+                          "approx": (None if not approx else approx["how"] if approx.get("exact_fraction") is None
+                                     else f"exact at {approx['exact_fraction']:.0%} of states; {approx['how']}")})
         v = views.get(name, {})
         rows.append({
             "rank": rank, "name": names[name], "full": name, "status": p.verdict.status,
@@ -144,7 +144,7 @@ def _verdict_cards(r: ProbeResults, names: dict[str, str], key: str) -> list[dic
                         ("mass (student)", fmt(e["overlap_mass_student"].mean, 3)),
                         ("entropy gap", ("≈" if "entropy_gap" in p.approximate else "") + fmt(e["entropy_gap"].mean, 3)),
                         ("top-k KL", ("≈" if "topk_reverse_kl" in p.approximate else "")
-                         + f"{fmt(e['topk_reverse_kl'].mean, 3)} nats/token")],
+                         + f"{fmt(e['topk_reverse_kl'].mean, 3)} nats/token")] + _alignment_summary(p),
             "reasons": [{"code": x.code, "severity": x.severity, "metric": x.metric, "value": fmt(x.value),
                          "threshold": fmt(x.threshold), "direction": x.direction, "message": x.message,
                          "numeric": x.value is not None} for x in v.reasons],
@@ -156,14 +156,27 @@ def _verdict_cards(r: ProbeResults, names: dict[str, str], key: str) -> list[dic
     return cards
 
 
+def _alignment_summary(p) -> list[tuple[str, str]]:
+    """A teacher read through text alignment (docs/cross-tokenizer.md): the chunk-level figures its verdict reads."""
+    if not p.alignment:
+        return []
+    e, a = p.pooled, p.alignment
+    return [("chunk KL", f"{fmt(e['sampled_reverse_kl'].mean, 3)} nats/token"),
+            ("unsupported chunks", fmt(e["chunk_unsupported"].mean, 3)),
+            ("aligned positions", f"{fmt(a.get('aligned_share'), 2)} ({a.get('chunks')} chunks; teacher prompts: "
+                                  f"{a.get('teacher_rendering')})")]
+
+
 def _hurt_tables(r: ProbeResults, names: dict[str, str], texts: dict[str, str]) -> list[dict]:
-    """Prompts that hurt: each teacher's five prompts with the highest per-prompt top-k KL."""
+    """Prompts that hurt: each teacher's five prompts with the highest per-prompt top-k KL (chunk-level sampled KL
+    for a teacher read through text alignment, which has no top-k KL)."""
     hurt = []
     for p in _ranked(r):
-        items = [(pid, m) for pid, m in p.per_prompt.items() if num(m.get("topk_reverse_kl")) is not None]
-        items.sort(key=lambda t: -t[1]["topk_reverse_kl"])
+        kl = "sampled_reverse_kl" if p.alignment else "topk_reverse_kl"
+        items = [(pid, m) for pid, m in p.per_prompt.items() if num(m.get(kl)) is not None]
+        items.sort(key=lambda t: -t[1][kl])
         hurt.append({"name": names[p.teacher], "rows": [
-            {"id": pid, "kl": fmt(m.get("topk_reverse_kl")), "overlap": fmt(m.get("overlap_ratio")),
+            {"id": pid, "kl": fmt(m.get(kl)), "overlap": fmt(m.get("overlap_ratio")),
              "n": m.get("n_states", "–"), "prompt": texts.get(pid)} for pid, m in items[:5]],
             "total": len(items)})
     return hurt

@@ -61,15 +61,24 @@ def summary_markdown(results: ProbeResults) -> str:
     lint = [(names[n], w) for n in results.ranking for w in by[n].warnings if w.startswith("lint: ")]
     if lint:  # one line per pair where compare's lint found something off (docs/lint.md)
         lines += ["", "### Lint", ""] + [f"- `{_md(n)}`: {_md(w[len('lint: '):])}" for n, w in lint]
+    aligned = [(names[n], by[n]) for n in results.ranking if by[n].alignment]
+    if aligned:  # another tokenizer (or --alignment text): the chunk-level figures its verdict reads
+        lines += ["", "### Read through text alignment (docs/cross-tokenizer.md)", ""]
+        lines += [f"- `{_md(n)}`: aligned {fmt(p.alignment.get('aligned_share'), 2)} of the student's positions, "
+                  f"{p.alignment.get('chunks')} chunks; chunk KL {fmt(p.pooled['sampled_reverse_kl'].mean)} "
+                  f"nats/token; unsupported chunks {fmt(p.pooled['chunk_unsupported'].mean)}" for n, p in aligned]
     lines += template_markdown(results)
     if results.plan:
         lines += plan_markdown(results.plan)
-    approx = [(names[n], m, a) for n in results.ranking for m, a in by[n].approximate.items()]
+    approx: dict[tuple, list[str]] = {}  # (teacher, exact share, how) -> metrics: one line per kind of estimate
+    for n in results.ranking:
+        for m, a in by[n].approximate.items():
+            approx.setdefault((names[n], a.get("exact_fraction"), a["how"]), []).append(m)
     if approx:
         lines += ["", "### Approximate values (≈)", ""]
-        lines += [f"- `{_md(n)}` {m}: exact at {a['exact_fraction']:.0%} of states; {_md(a['how'])}"
-                  if a.get("exact_fraction") is not None else f"- `{_md(n)}` {m}: {_md(a['how'])}"
-                  for n, m, a in approx]
+        lines += [f"- `{_md(n)}` {', '.join(ms)}: exact at {share:.0%} of states; {_md(how)}"
+                  if share is not None else f"- `{_md(n)}` {', '.join(ms)}: {_md(how)}"
+                  for (n, share, how), ms in approx.items()]
     lines += ["", "Thresholds: checked on the model zoo where it could test them, provisional elsewhere; see "
               "docs/metrics.md and docs/zoo.md.", ""]
     return "\n".join(lines)

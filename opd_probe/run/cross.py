@@ -275,7 +275,7 @@ def score_cross_teacher(cfg, name: str, slug: str, student, states, out, progres
                             n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.ci_level)
     n = len(states.depth_N)
     exact = {m: np.zeros(n, dtype=bool) for m in APPROXIMATE}
-    approx = {m: {"exact_fraction": 0.0, "how": HOW[m]} for m in APPROXIMATE}
+    approx = {m: {"exact_fraction": None, "how": HOW[m]} for m in APPROXIMATE}  # approximate by construction
     for side, scores in (("student", s), ("teacher", t_scores)):  # vLLM scoring: entropies from top-K' (docs/vllm.md)
         if scores.entropy_exact_L is not None and not scores.entropy_exact_L.all():
             approx[f"{side}_entropy"] = {"exact_fraction": float(scores.entropy_exact_L.mean()),
