@@ -251,6 +251,29 @@ def test_mixed_backends_vllm_rollouts_transformers_scoring(tiny_model, tmp_path)
         assert list(g.response_ids) == r["response_token_ids"]
 
 
+def test_a_teacher_with_another_tokenizer_scored_by_vllm_matches_transformers(tiny_model, tmp_path):
+    """docs/cross-tokenizer.md through the vLLM scorer: the teacher's own tokens scored by vLLM (one engine) give
+    the transformers scorer's chunk-level and shared-string metrics on the same rollouts (--reuse); its entropies
+    are flagged estimates."""
+    import tiny_models
+
+    student = tiny_model(seed=0)
+    tok = tiny_models.build_tokenizer(tmp_path / "tok-other", variant="other")
+    teacher = tiny_model(seed=2, tokenizer_dir=tok)
+    base = ["--prompts", TINY_PROMPTS, "--samples", "2", "--max-new-tokens", "12", "--limit", "3", "--quiet"]
+    assert cli("compare", student, teacher, *base, "--out", tmp_path / "hf", "--backend", "hf").code == 0
+    run = cli("compare", student, teacher, *base, "--out", tmp_path / "vllm", "--reuse", tmp_path / "hf",
+              "--score-backend", "vllm")
+    assert run.code == 0, run.err
+    h = json.loads((tmp_path / "hf" / "results.json").read_text())["pairs"][0]
+    v = json.loads((tmp_path / "vllm" / "results.json").read_text())["pairs"][0]
+    assert v["model"]["backend"] == "vllm" and v["alignment"]["chunks"] == h["alignment"]["chunks"]
+    for m in ("sampled_reverse_kl", "chunk_unsupported", "aligned", "overlap_ratio", "overlap_mass_student",
+              "shared_mass_student", "top1_agreement"):
+        assert v["pooled"][m]["mean"] == pytest.approx(h["pooled"][m]["mean"], abs=ATOL["tiny"]), m
+    assert "teacher_entropy" in v["approximate"] and "teacher_entropy" not in h["approximate"]
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--top-k", "600"], "larger than the student's vocabulary"),
     (["--max-model-len", "100000"], "exceeds the student's context"),
