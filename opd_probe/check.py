@@ -149,11 +149,10 @@ def pair_findings(s: ModelFacts, t: ModelFacts, plan: Plan) -> list[Finding]:
         out.append(_f("info", "rendering", f"teacher {t.name} reads the prompts under its own chat template (the "
                       "plain text without one) and its own tokenization of the student's text (another tokenizer)"))
         out.extend(teacher_context_findings(s, t, replace(plan, template=("teacher",))))
-        out.extend(logprob_findings(t, plan))
-        return [Finding(f.level, f.code, f.message, f.fix, f.model or t.name, t.name, f.details) for f in out]
-    out.extend(stop_findings(s, t, plan))
-    out.extend(rendering_findings(s, t, plan, same_map=vocab.level != "error"))
-    out.extend(teacher_context_findings(s, t, plan))
+    else:
+        out.extend(stop_findings(s, t, plan))
+        out.extend(rendering_findings(s, t, plan, same_map=vocab.level != "error"))
+        out.extend(teacher_context_findings(s, t, plan))
     out.extend(logprob_findings(t, plan))
     return [Finding(f.level, f.code, f.message, f.fix, f.model or t.name, t.name, f.details) for f in out]
 

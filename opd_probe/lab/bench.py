@@ -96,8 +96,7 @@ def run_pair(p: dict, spec: dict, work: str, root: str) -> dict:
     t0 = time.perf_counter()
     res = run_verify(cfg)
     ex = res.experiment
-    keep = ("mean", "low", "high", "per_seed", "se_seed")
-    rec = {"pair": p, "intervals": {k: {f: v[f] for f in keep} for k, v in ex["intervals"].items() if v},
+    rec = {"pair": p, "intervals": kept_intervals(ex),
            "accuracy": ex["accuracy"], "gap_recovery": ex["gap_recovery"], "verify_verdict": res.outcome,
            "cold_start": [{k: r["cold_start"][k] for k in ("reached", "epochs_run", "before", "after")}
                           for r in res.arms["teacher"] if r.get("cold_start")],
@@ -108,6 +107,12 @@ def run_pair(p: dict, spec: dict, work: str, root: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=1) + "\n")
     return rec
+
+
+def kept_intervals(experiment: dict) -> dict:
+    """The verify experiment's intervals, with the fields an outcome record keeps (the label reads them)."""
+    keep = ("mean", "low", "high", "per_seed", "se_seed")
+    return {k: {f: v[f] for f in keep} for k, v in experiment["intervals"].items() if v}
 
 
 def _committed(path: Path) -> bool:

@@ -104,7 +104,7 @@ def run_pair(pid: str, teacher: str, mode: str, work: str) -> dict:
 
     from ..run.verify import VerifyConfig, run_verify
     from ..zoo import ZOO_PROMPTS
-    from .bench import label
+    from .bench import kept_intervals, label
 
     torch.set_num_threads(1)
     out = Path(work) / pid
@@ -115,9 +115,7 @@ def run_pair(pid: str, teacher: str, mode: str, work: str) -> dict:
     t0 = time.perf_counter()
     res = run_verify(cfg)
     ex = res.experiment
-    keep = ("mean", "low", "high", "per_seed", "se_seed")
-    rec = {"pair": {"id": pid, "teacher": teacher, "alignment": mode},
-           "intervals": {k: {f: v[f] for f in keep} for k, v in ex["intervals"].items() if v},
+    rec = {"pair": {"id": pid, "teacher": teacher, "alignment": mode}, "intervals": kept_intervals(ex),
            "accuracy": ex["accuracy"], "verify_verdict": res.outcome,
            "teacher_step0": {k: v for k, v in res.step0.items() if k != "top_k"},
            "seconds": round(time.perf_counter() - t0, 1)}
@@ -149,10 +147,10 @@ def outcomes(work: Path, workers: int, log=print) -> None:
 def score() -> str:
     """The markdown table: prediction beside outcome per pair, then the predictors' hits."""
     pred = json.loads((PILOT_DIR / "predictions.json").read_text())
-    man = {**json.loads((PILOT_DIR.parents[1] / "opd_probe" / "zoo" / "models" / "manifest.json").read_text())
-           ["heldout_accuracy"],
-           **json.loads((PILOT_DIR.parents[1] / "opd_probe" / "zoo" / "cross" / "manifest.json").read_text())
-           ["heldout_accuracy"]}
+    from ..zoo import ZOO_CROSS, ZOO_MODELS
+
+    man = {name: acc for root in (ZOO_MODELS, ZOO_CROSS)
+           for name, acc in json.loads((root / "manifest.json").read_text())["heldout_accuracy"].items()}
     student_hard = man["student"]["hard"]
     fmt = lambda x: "–" if x is None else f"{x:+.3f}"  # noqa: E731
     lines = ["| pair | read on | probe verdict | pattern value | gain@0 | teacher hard acc | OPD gain [95%] | "

@@ -364,7 +364,7 @@ class CrossTeacher:
                                    n_chunks=view.n_chunks)
 
 
-def verify_setup(cfg, inputs, spec_s, spec_t):
+def verify_setup(cfg, inputs, data, spec_s, spec_t):
     """(TextPair, student prompt ids -> the teacher's rendering) when verify's teacher has another tokenizer, else
     None. Such a pair trains at chunk level (--loss sampled); a cold start (teacher rollouts in the student's
     tokens) is not built for it."""
@@ -379,10 +379,11 @@ def verify_setup(cfg, inputs, spec_s, spec_t):
                          "yet (its rollouts would have to be re-tokenized for the student)",
                          fix="drop --cold-start, or pick a teacher from the student's model family")
     pair = TextPair(student_tok, teacher_tokenizer(spec_t), cfg.chat_template, cfg.teacher)
-    prompt_map = {}
-    for p in list(inputs.train) + list(inputs.target or ()) + list(inputs.retain or ()):
-        prompt_map[tuple(render_prompt_ids(student_tok, p, use_chat_template=cfg.chat_template))] = pair.render(p)
-    return pair, prompt_map
+    # data holds the same prompts rendered by the student (verify.render_data), in the same order
+    rendered = list(data.train) + (data.target.rendered if data.target else []) + (
+        data.retain.rendered if data.retain else [])
+    rows = list(inputs.train) + list(inputs.target or ()) + list(inputs.retain or ())
+    return pair, {tuple(ids): pair.render(p) for ids, p in zip(rendered, rows, strict=True)}
 
 
 def split_warning(student_tok, teacher_tok, rollouts: list[Rollout], name: str) -> str | None:

@@ -304,7 +304,7 @@ def load_models(cfg: VerifyConfig, inputs: Inputs, progress) -> Loaded:
 
     models = Models(cfg, inputs.devices, progress)
     data = render_data(cfg, inputs, models.spec_s)
-    models.cross = verify_setup(cfg, inputs, models.spec_s, models.spec_t)
+    models.cross = verify_setup(cfg, inputs, data, models.spec_s, models.spec_t)
     memory = memory_check(cfg, models.spec_s, models.spec_t, inputs.devices, models.dtypes,
                           max(len(r) for r in data.train))
     s0 = models.student()
