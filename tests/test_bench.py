@@ -129,14 +129,16 @@ def _git(cwd, *args):
 def _guards():
     """(folder, predictions file, guard, rules hash) of each pre-registered measurement: the held-out family and the
     cross-tokenizer pilot (docs/cross-tokenizer.md)."""
-    from opd_probe.lab import cross_pilot
+    from opd_probe.lab import cross_bench
     from opd_probe.lab.validation import current_rules_hash
 
     return [("validation", "predictions-heldout.json", bench.guard_heldout, current_rules_hash),
-            ("cross", "predictions.json", cross_pilot.guard, cross_pilot.rules_hash)]
+            ("cross", "predictions.json", cross_bench.guard, cross_bench.rules_hash),
+            ("cross/family", "predictions.json", cross_bench.guard, cross_bench.rules_hash)]
 
 
-@pytest.mark.parametrize("folder,name,guard,current", _guards(), ids=["held-out family", "cross-tokenizer pilot"])
+@pytest.mark.parametrize("folder,name,guard,current", _guards(),
+                         ids=["held-out family", "cross-tokenizer pilot", "cross-tokenizer family"])
 def test_outcomes_are_refused_until_the_predictions_are_committed(tmp_path, folder, name, guard, current):
     root = tmp_path / "benchmarks" / folder
     root.mkdir(parents=True)

@@ -154,6 +154,30 @@ def test_zoo_coarse_teacher_reads_compatible_through_its_own_split_and_another_n
     assert coarse["pooled"]["sampled_reverse_kl"]["mean"] < strong["pooled"]["sampled_reverse_kl"]["mean"] / 5
 
 
+@pytest.mark.parametrize("fmt", ["aligned", "mild", "strong"])
+def test_coarse_tokenizers_read_operands_digit_by_digit_and_merge_only_response_strings(fmt):
+    """lab/build_cross.py's tokenizers (the zoo's and the benchmark family's "b"): a prompt is split into single
+    characters (so every teacher reads its operands as the student does), a response round-trips and some of it is
+    merged into multi-character tokens (the cross-tokenizer case)."""
+    import random
+
+    from opd_probe.lab.build_cross import PIECES, PIECES_B, make_coarse_tokenizer
+    from opd_probe.lab.task import prompt_text, scratchpad
+
+    rng = random.Random(0)
+    for pieces in (PIECES, PIECES_B):
+        tok = make_coarse_tokenizer(pieces)
+        merged = 0
+        for a, b in [(12345, 678), (99999, 1), (0, 10000), (50505, 49595)]:
+            prompt = prompt_text(a, b) + ">"
+            assert [tok.decode([i]) for i in tok.encode(prompt, add_special_tokens=False)] == list(prompt)
+            resp = scratchpad(a, b, fmt, rng)
+            ids = tok.encode(resp, add_special_tokens=False)
+            assert tok.decode(ids) == resp
+            merged += len(ids) < len(resp)
+        assert merged == 4, (pieces, fmt)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_a_teacher_tokenizer_that_cannot_give_the_text_back_exits_2_before_any_weight(student, tmp_path,
                                                                                       monkeypatch):
@@ -233,14 +257,14 @@ def test_verify_trains_a_teacher_with_another_tokenizer_with_the_sampled_loss(st
 
 
 def test_the_pilots_predictions_were_made_with_the_rules_in_force():
-    """benchmarks/cross/predictions.json was committed before the pilot's outcomes (lab/cross_pilot.py): an edit of
+    """benchmarks/cross/predictions.json was committed before the pilot's outcomes (lab/cross_bench.py): an edit of
     the verdict rules (verdict.py, thresholds.py, crossverdict.py, crossmetrics.py) makes them another set of rules,
     whose predictions need new pairs (docs/cross-tokenizer.md)."""
-    from opd_probe.lab import cross_pilot
+    from opd_probe.lab import cross_bench
 
-    pred = json.loads((cross_pilot.PILOT_DIR / "predictions.json").read_text())
-    assert pred["rules_hash"] == cross_pilot.rules_hash()
-    assert set(pred["pairs"]) == {p[0] for p in cross_pilot.PAIRS}
+    pred = json.loads((cross_bench.PILOT.root / "predictions.json").read_text())
+    assert pred["rules_hash"] == cross_bench.rules_hash()
+    assert set(pred["pairs"]) == {p[0] for p in cross_bench.PILOT.pairs}
 
 
 def test_print_recipe_for_a_teacher_with_another_tokenizer_is_gold(student, other_tok_teacher):
