@@ -43,12 +43,17 @@ def approximation_how(student, student_info: dict, teacher, teacher_info: dict) 
 def approximation_warnings(approx: dict) -> list[str]:
     """One line per kind of estimate, naming the metrics it affects and the way to exact values."""
     lines = []
+    served = "load the teacher locally for exact values, or start its server with a larger --max-logprobs and " \
+             "raise --vllm-logprobs for tighter bounds"  # a served teacher (backends/served.py)
     ent = [m for m in approx if m in metrics.ENTROPY_METRICS]
     if ent:
-        lines.append(f"approximate: {', '.join(ent)} ({approx[ent[0]]['how']}); --exact-entropy scores with the "
-                     "transformers scorer for exact values")
+        how = approx[ent[0]]["how"]
+        lines.append(f"approximate: {', '.join(ent)} ({how}); " + (served if how.startswith("served") else
+                     "--exact-entropy scores with the transformers scorer for exact values"))
     for m in metrics.QUERY_METRICS:
         if m in approx:
+            how = approx[m]["how"]
             lines.append(f"approximate: {m} is a lower bound at {1 - approx[m]['exact_fraction']:.0%} of states "
-                         f"({approx[m]['how']}); raise --vllm-logprobs, or use --score-backend hf for exact values")
+                         f"({how}); " + (served if how.startswith("served") else
+                                         "raise --vllm-logprobs, or use --score-backend hf for exact values"))
     return lines

@@ -34,6 +34,14 @@ __all__ = [  # the checks' whole interface, whichever of the three modules holds
 # ------------------------------------------------------------------------------------------------ one model
 def model_findings(m: ModelFacts, plan: Plan, device: DeviceFacts, prompt_labels: Sequence[str] = ()) -> list[Finding]:
     """Findings about one model on its own: config, weights, tokenizer, template, context, top-k, memory."""
+    if m.served is not None:  # config, weights and memory are the server's: the serving preflight instead
+        from .served import serving_findings
+
+        top_k = [] if plan.top_k <= m.tokenizer_len else [_f(
+            "error", "top-k", f"--top-k {plan.top_k} is larger than the {m.role}'s vocabulary ({m.tokenizer_len} "
+            "tokens)", f"use --top-k {min(16, m.tokenizer_len)} (the paper's default is 16)", m.name)]
+        return _token_findings(m, plan) + top_k + serving_findings(m.served, plan.top_k,
+                                                                   max(plan.top_k, plan.vllm_logprobs))
     out: list[Finding] = []
     add = lambda level, code, msg, fix=None, **d: out.append(_f(level, code, msg, fix, m.name, None, **d))  # noqa: E731
     cfg = m.config

@@ -57,6 +57,7 @@ class Plan:
     # compare's --alignment ("auto"/"text"): a teacher with another tokenizer is scored through text alignment
     # (a warning); None (verify, select-prompts): it is an error
     alignment: str | None = None
+    teacher_tokenizer: str | None = None  # a served teacher's local tokenizer (None: the student's)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class ModelFacts:
     # the first prompt text this tokenizer does not give back when it encodes and decodes it (a normalizer,
     # unknown tokens); a teacher with another tokenizer must reproduce the student's text (run/cross.py)
     round_trip_error: str | None = None
+    # a teacher served over HTTP: what the serving preflight measured (served.py ServedFacts); its config and
+    # weights are the server's, so those checks do not apply
+    served: object | None = None
 
     @property
     def rendered_lengths(self) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ import typer
 
 from . import __version__
 from . import cli_options as opt
-from .config import (DEFAULT_BACKEND, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_PROMPTS, DEFAULT_DEPTH_BUCKET, DEFAULT_DEVICE,
+from .config import (DEFAULT_BACKEND, DEFAULT_REQUEST_CONCURRENCY, DEFAULT_REQUEST_TIMEOUT, DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_PROMPTS, DEFAULT_DEPTH_BUCKET, DEFAULT_DEVICE,
                      DEFAULT_DTYPE, DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_ROLLOUTS,
                      DEFAULT_OOD_FRACTION, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_PROBE_SAMPLES, DEFAULT_RANK_BY,
                      DEFAULT_SAMPLES, DEFAULT_SCORE_BATCH_TOKENS, DEFAULT_SEED, DEFAULT_TEMPERATURE,
@@ -96,6 +96,9 @@ def compare(
     gpu_memory_utilization: opt.GpuMemoryUtilization = DEFAULT_GPU_MEMORY_UTILIZATION,
     max_model_len: opt.MaxModelLen = None,
     vllm_logprobs: opt.VllmLogprobs = DEFAULT_VLLM_LOGPROBS,
+    teacher_tokenizer: opt.TeacherTokenizer = None,
+    request_concurrency: opt.RequestConcurrency = DEFAULT_REQUEST_CONCURRENCY,
+    request_timeout: opt.RequestTimeout = DEFAULT_REQUEST_TIMEOUT,
     batch_size: opt.CompareBatchSize = DEFAULT_BATCH_SIZE,
     score_batch_tokens: opt.ScoreBatchTokens = DEFAULT_SCORE_BATCH_TOKENS,
     reuse: opt.Reuse = None,
@@ -445,6 +448,7 @@ def check(
     top_k: opt.TopK = DEFAULT_TOP_K,
     backend: opt.CheckBackend = DEFAULT_BACKEND,
     vllm_logprobs: opt.VllmLogprobs = DEFAULT_VLLM_LOGPROBS,
+    teacher_tokenizer: opt.TeacherTokenizer = None,
     batch_size: opt.CheckBatchSize = DEFAULT_BATCH_SIZE,
     no_chat_template: opt.NoChatTemplate = False,
     template: opt.Template = DEFAULT_TEMPLATE,
@@ -473,7 +477,7 @@ def check(
     plan = Plan(max_new_tokens=max_new_tokens, top_k=top_k, backend=backend, vllm_logprobs=vllm_logprobs,
                 chat_template=not no_chat_template, template=tmpl, dtype=dtype, device=device,
                 device_map=device_map, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                alignment=DEFAULT_ALIGNMENT)
+                alignment=DEFAULT_ALIGNMENT, teacher_tokenizer=teacher_tokenizer)
     loaded = load_prompts(prompts, limit=limit) if prompts is not None else None
     found = findings(student, list(teachers), plan, loaded)
     if json_out:

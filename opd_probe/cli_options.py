@@ -43,7 +43,8 @@ PlanMaxTokens = Annotated[Optional[int], typer.Option(
 
 # ------------------------------------------------------------------------------------------------ compare
 Teachers = Annotated[List[str], typer.Argument(
-    help="One or more candidate teachers (same tokenizer as the student).")]
+    help="One or more candidate teachers: model folders, hub ids, zoo:NAME, or a served teacher "
+         "http(s)://HOST:PORT/v1#MODEL (docs/endpoint.md).")]
 ProbePrompts = Annotated[Optional[Path], typer.Option(
     "--prompts", "-p", help="Probe prompts: .jsonl/.csv/.parquet with 'prompt' or 'messages', optional 'id' and "
                             "'answer'.")]
@@ -73,6 +74,14 @@ MaxModelLen = Annotated[Optional[int], typer.Option(
 VllmLogprobs = Annotated[int, typer.Option(
     "--vllm-logprobs", help="vLLM: top log-probs returned per position (K' >= k); more = better entropy estimates "
                             "and fewer teacher log-probs bounded instead of exact.")]
+TeacherTokenizer = Annotated[Optional[str], typer.Option(
+    "--teacher-tokenizer", help="A served teacher (http(s)://HOST:PORT/v1#MODEL, docs/endpoint.md): a local copy "
+                                "of its tokenizer, to render, decode and check its token map against the server "
+                                "(default: the student's). The API key is read from $OPD_PROBE_API_KEY.")]
+RequestConcurrency = Annotated[int, typer.Option(
+    "--request-concurrency", help="A served teacher: requests in flight at once (the server batches them).")]
+RequestTimeout = Annotated[float, typer.Option(
+    "--request-timeout", help="A served teacher: seconds per request before it is retried (5 retries, backoff).")]
 CompareBatchSize = Annotated[int, typer.Option(
     "--batch-size", help="Sequences per sampling call (raise it with vLLM, e.g. 512).")]
 Reuse = Annotated[Optional[Path], typer.Option(

@@ -32,6 +32,8 @@ TEMPLATE_CHOICES = ("student", "teacher")
 # vLLM returns each position's top-K' log-probs; K' >= k. 64: on SmolLM2 the top-64 entropy lower bound is off by
 # -0.09 nats for the student (-0.004 for peaked teachers), against -0.20 at vLLM's default cap of 20 (docs/vllm.md).
 DEFAULT_VLLM_LOGPROBS = 64
+DEFAULT_REQUEST_CONCURRENCY = 8  # a served teacher: scoring requests in flight at once (the server batches them)
+DEFAULT_REQUEST_TIMEOUT = 300.0  # seconds per request to a served teacher (a long response on a loaded server)
 DEFAULT_TENSOR_PARALLEL_SIZE = 1  # vLLM engine settings (passed through)
 DEFAULT_PIPELINE_PARALLEL_SIZE = 1
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
@@ -102,6 +104,11 @@ class ProbeConfig:
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     max_model_len: int | None = None
     vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS  # K': top log-probs vLLM returns per position (>= k)
+    # a served teacher (http(s)://HOST/v1#MODEL; docs/endpoint.md): its tokenizer's local copy (None: the student's),
+    # requests in flight and the timeout of each
+    teacher_tokenizer: str | None = None
+    request_concurrency: int = DEFAULT_REQUEST_CONCURRENCY
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     n_boot: int = 1000
     ci_level: float = 0.95
     reuse: str | None = None
@@ -126,7 +133,7 @@ class ProbeConfig:
     # (batch_size is not one: sampling batches are seeded per batch, so it changes the samples.)
     RUNTIME_ONLY = ("resume", "overwrite", "device", "score_batch_tokens", "plan_steps", "plan_batch",
                     "plan_max_tokens", "device_map", "tensor_parallel_size", "pipeline_parallel_size",
-                    "gpu_memory_utilization", "max_model_len")
+                    "gpu_memory_utilization", "max_model_len", "request_concurrency", "request_timeout")
 
     def __post_init__(self):
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -162,7 +169,14 @@ class ProbeConfig:
             (0 < self.gpu_memory_utilization <= 1, "--gpu-memory-utilization must be in (0, 1]"),
             (self.max_model_len is None or self.max_model_len >= 2, "--max-model-len must be at least 2"),
             (self.vllm_logprobs >= 1, "--vllm-logprobs must be at least 1"),
+            (self.request_concurrency >= 1, "--request-concurrency must be at least 1"),
+            (self.request_timeout > 0, "--request-timeout must be > 0 seconds"),
             (self.alignment in ALIGNMENTS, f"--alignment takes {' or '.join(ALIGNMENTS)}; got {self.alignment!r}"),
+            (self.alignment != "text" or not any(t.startswith(("http://", "https://")) for t in self.teachers),
+             "--alignment text: a served teacher (a URL) is scored on the student's ids only"),
+            (not self.student.startswith(("http://", "https://")),
+             f"the student is a URL ({self.student}): only a teacher can be served; the student samples in this "
+             "process"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -24,7 +24,17 @@ def check_backend(backend: str, flag: str = "--backend") -> None:
 
 
 def load_backend_model(backend: str, spec, role: str):
-    """Load ``spec`` (a ModelSpec) with the named backend. ``role`` is "student" or "teacher" (for messages)."""
+    """Load ``spec`` (a ModelSpec) with the named backend. ``role`` is "student" or "teacher" (for messages). A
+    served teacher (``http(s)://...``) is the server's, whatever the backend."""
+    from ..served import is_served
+
+    if is_served(spec.path):
+        if role != "teacher":
+            raise InputError(f"the {role} is a URL ({spec.path}); only a teacher can be served",
+                             fix=f"pass the {role}'s local folder or hub id")
+        from .served import ServedModel
+
+        return ServedModel.load(spec, role=role)
     check_backend(backend)
     if backend == "hf":
         from .hf import HFModel

@@ -8,7 +8,8 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..config import (DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_GPU_MEMORY_UTILIZATION,
-                      DEFAULT_MAX_NEW_TOKENS, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_SAMPLES, DEFAULT_SEED,
+                      DEFAULT_MAX_NEW_TOKENS, DEFAULT_PIPELINE_PARALLEL_SIZE, DEFAULT_REQUEST_CONCURRENCY,
+                      DEFAULT_REQUEST_TIMEOUT, DEFAULT_SAMPLES, DEFAULT_SEED,
                       DEFAULT_TEMPERATURE, DEFAULT_TENSOR_PARALLEL_SIZE, DEFAULT_TOP_P, DEFAULT_VLLM_LOGPROBS)
 
 
@@ -31,6 +32,11 @@ class ModelSpec:
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     max_model_len: int | None = None
     vllm_logprobs: int = DEFAULT_VLLM_LOGPROBS  # K': top log-probs returned per position (>= top_k)
+    # a served teacher (backends/served.py): the local tokenizer it renders and decodes with, requests in flight,
+    # seconds per request
+    served_tokenizer: str | None = None
+    request_concurrency: int = DEFAULT_REQUEST_CONCURRENCY
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
 
 
 @dataclass(frozen=True)

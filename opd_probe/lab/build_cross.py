@@ -48,7 +48,8 @@ FAMILY_MODELS = Path(__file__).resolve().parents[2] / "benchmarks" / "cross" / "
 FAMILY_RECIPES = {
     "aligned-a7": ("aligned", 0.0, 7, PIECES),
     "aligned-b8": ("aligned", 0.0, 8, PIECES_B),
-    "mild-a9": ("mild", 0.0, 9, PIECES),
+    # seed 9 left mild unable to learn hard problems (hard 0.41 < the student's 0.47 + 0.1; the role check)
+    "mild-a13": ("mild", 0.0, 13, PIECES),
     "mixed-b10": ("mixed", 0.0, 10, PIECES_B),
     "same-a11": ("aligned", 0.7, 11, PIECES),  # the student's own data: no knowledge the student lacks
     "strong-b12": ("strong", 0.0, 12, PIECES_B),
@@ -115,6 +116,13 @@ def _train_models(recipes: dict, out: Path, log) -> tuple[dict, dict]:
     hard, easy = heldout()
     acc, seconds = {}, {}
     for name, (fmt, drop, seed, pieces) in recipes.items():
+        record = {"recipe": [fmt, drop, seed, pieces], "steps": CROSS_STEPS, "torch": torch.__version__}
+        done = out / name / "build.json"
+        if done.exists() and json.loads(done.read_text())["record"] == record:  # an interrupted build's model
+            kept = json.loads(done.read_text())
+            acc[name], seconds[name] = kept["heldout_accuracy"], kept["train_seconds"]
+            log(f"kept {name} from the interrupted build (same recipe)")
+            continue
         tok = make_coarse_tokenizer(pieces)
         t0 = time.perf_counter()
         log(f"training {name}: format={fmt} drop_carry={drop} seed={seed} steps={CROSS_STEPS} pieces={pieces}")
@@ -124,14 +132,15 @@ def _train_models(recipes: dict, out: Path, log) -> tuple[dict, dict]:
         seconds[name] = time.perf_counter() - t0
         log(f"  {name}: hard {acc[name]['hard']:.3f} easy {acc[name]['easy']:.3f} ({seconds[name]:.0f} s)")
         save(model.to(torch.bfloat16), tok, out / name)
+        done.write_text(json.dumps({"record": record, "heldout_accuracy": acc[name], "train_seconds": seconds[name]}))
     return acc, seconds
 
 
 def _replace(out: Path, fill) -> dict:
-    """Build into OUT.tmp with ``fill(tmp) -> manifest``, then swap it in (a failed build leaves OUT as it was)."""
+    """Build into OUT.tmp with ``fill(tmp) -> manifest``, then swap it in (a failed build leaves OUT as it was,
+    and OUT.tmp's finished models for the next build to keep when their recipe is unchanged)."""
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     manifest = fill(tmp)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)

@@ -62,7 +62,7 @@ PILOT = Study("pilot", CROSS_DIR, (
     ("aligned-coarse-text", "aligned-coarse", "text"),
     ("strong-coarse-text", "strong-coarse", "text")), OPD)
 FAMILY = Study("family", CROSS_DIR / "family", tuple(
-    [(f"{t}-text", t, "text") for t in ("aligned-a7", "aligned-b8", "mild-a9", "mixed-b10", "same-a11", "strong-b12")]
+    [(f"{t}-text", t, "text") for t in ("aligned-a7", "aligned-b8", "mild-a13", "mixed-b10", "same-a11", "strong-b12")]
     + [("aligned-a7-ids", "aligned-a7", "auto")]), {**OPD, "lr": 3e-5}, CROSS_DIR / "family" / "models")
 STUDIES = {s.name: s for s in (PILOT, FAMILY)}
 

@@ -125,8 +125,11 @@ DEPTH_METRICS = ("overlap_ratio", "overlap_mass_student", "entropy_gap", "topk_r
 
 # ------------------------------------------------------------------------------------------------ names
 def short_names(names: list[str]) -> dict[str, str]:
-    """Folder names instead of full paths when they are unique (hub ids keep their org/ prefix)."""
+    """Folder names instead of full paths when they are unique (hub ids keep their org/ prefix; a served teacher
+    is its model name with "served:" before it)."""
     def short(n: str) -> str:
+        if n.startswith(("http://", "https://")):
+            return "served:" + (n.partition("#")[2] or n.split("//", 1)[1])
         parts = n.rstrip("/").split("/")
         return "/".join(parts[-2:]) if len(parts) == 2 and not n.startswith((".", "/", "~")) else parts[-1]
 

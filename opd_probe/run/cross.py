@@ -217,7 +217,10 @@ def text_views(pair: TextPair, rollouts: list[Rollout], prompts: dict[int, Probe
 
 @functools.lru_cache(maxsize=8)
 def teacher_tokenizer(spec: ModelSpec):
-    """The teacher's tokenizer, read once per run (a 262k-token tokenizer takes seconds to load)."""
+    """The teacher's tokenizer, read once per run (a 262k-token tokenizer takes seconds to load); a served
+    teacher's local copy (backends/served.py)."""
+    if spec.served_tokenizer:
+        spec = ModelSpec(path=spec.served_tokenizer, trust_remote_code=spec.trust_remote_code)
     return load_tokenizer(resolve_model_path(spec, "teacher"), spec, "teacher")
 
 
@@ -304,6 +307,11 @@ def needs_text_alignment(student_vocab: dict[str, int], spec: ModelSpec, alignme
     from ..vocab import vocab_diff
 
     differ, _ = vocab_diff(student_vocab, teacher_tokenizer(spec).get_vocab())
+    if differ and spec.served_tokenizer:
+        raise InputError(f"served teacher {spec.path}: its tokenizer ({spec.served_tokenizer}) has another token -> "
+                         "id map than the student's; a served teacher is scored on the student's ids",
+                         fix="serve a teacher that shares the student's tokenizer, or load this one locally "
+                             "(its folder as the teacher) to score it through text alignment")
     return bool(differ)
 
 

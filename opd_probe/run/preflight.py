@@ -17,6 +17,7 @@ from ..backends.loading import (context_length_of, eos_ids_of, load_tokenizer, r
                                 special_tokens_of, text_config_dict, turn_end_of, weights_summary)
 from ..check import DeviceFacts, Finding, ModelFacts, Plan
 from ..errors import InputError, ModelLoadError, ProbeError, VocabMismatchError
+from ..served import is_served
 from ..types import ProbePrompt
 
 # The prompt the renderings are compared on when no prompt file is given.
@@ -29,7 +30,7 @@ def plan_of(cfg, prompts_given: bool) -> Plan:
     """A Plan from a run config (ProbeConfig, SelectConfig, VerifyConfig): the fields it has are used."""
     backend = getattr(cfg, "score_backend_used", None) or getattr(cfg, "backend", "hf")
     names = ("max_new_tokens", "top_k", "vllm_logprobs", "chat_template", "template", "dtype", "device",
-             "device_map", "batch_size", "trust_remote_code")
+             "device_map", "batch_size", "trust_remote_code", "teacher_tokenizer")
     return Plan(backend=backend, prompts_given=prompts_given,
                 alignment=getattr(cfg, "preflight_alignment", getattr(cfg, "alignment", None)),
                 **{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
@@ -92,15 +93,11 @@ def _render(tokenizer, prompts: Sequence[ProbePrompt], chat: bool) -> tuple[tupl
     return tuple(rendered), text, None
 
 
-def model_facts(name: str, role: str, plan: Plan, prompts: Sequence[ProbePrompt]) -> ModelFacts:
-    """Everything the checks need about one model; raises ModelLoadError when its folder, config or tokenizer
-    cannot be read at all. Reads no weight."""
+def _tokenizer_facts(path: str, spec: ModelSpec, role: str, name: str, plan: Plan,
+                     prompts: Sequence[ProbePrompt]) -> dict:
+    """The ModelFacts fields a model's tokenizer folder gives (its tokens, stops, template and renderings)."""
     from transformers.utils import logging as hf_logging
 
-    spec = ModelSpec(path=name, trust_remote_code=plan.trust_remote_code)
-    path = resolve_model_path(spec, role)
-    raw = read_config_dict(path, spec, role)
-    cfg = text_config_dict(raw)
     before = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "sequence longer than the maximum" is what the context check reports
     try:
@@ -109,16 +106,44 @@ def model_facts(name: str, role: str, plan: Plan, prompts: Sequence[ProbePrompt]
         round_trip = _round_trip_error(tokenizer, prompts) if plan.alignment else None
     finally:
         hf_logging.set_verbosity(before)
-    gen = _generation_config(path)
-    ctx = context_length_of(_Attrs(cfg))
-    return ModelFacts(
-        name=name, role=role, path=path, config=cfg, vocab=tokenizer.get_vocab(), specials=special_tokens_of(tokenizer),
-        eos_ids=tuple(eos_ids_of(tokenizer, gen)), turn_end=turn_end_of(tokenizer),
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-        model_type_known=_model_type_known(raw.get("model_type")), weights=weights_summary(path), context_length=ctx,
-        rendered=rendered, example_text=text, tokenizer_class=type(tokenizer).__name__,
-        render_error=f"{role} {name}: {error}" if error else None, round_trip_error=round_trip,
-    )
+    return dict(
+        vocab=tokenizer.get_vocab(), specials=special_tokens_of(tokenizer),
+        eos_ids=tuple(eos_ids_of(tokenizer, _generation_config(path))), turn_end=turn_end_of(tokenizer),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)), rendered=rendered, example_text=text,
+        tokenizer_class=type(tokenizer).__name__, render_error=f"{role} {name}: {error}" if error else None,
+        round_trip_error=round_trip, tokenizer=tokenizer)
+
+
+def model_facts(name: str, role: str, plan: Plan, prompts: Sequence[ProbePrompt]) -> ModelFacts:
+    """Everything the checks need about one model; raises ModelLoadError when its folder, config or tokenizer
+    cannot be read at all. Reads no weight."""
+    spec = ModelSpec(path=name, trust_remote_code=plan.trust_remote_code)
+    path = resolve_model_path(spec, role)
+    raw = read_config_dict(path, spec, role)
+    cfg = text_config_dict(raw)
+    tok = _tokenizer_facts(path, spec, role, name, plan, prompts)
+    tok.pop("tokenizer")
+    return ModelFacts(name=name, role=role, path=path, config=cfg, model_type_known=_model_type_known(
+        raw.get("model_type")), weights=weights_summary(path), context_length=context_length_of(_Attrs(cfg)), **tok)
+
+
+def served_model_facts(name: str, student: str, plan: Plan, prompts: Sequence[ProbePrompt]) -> ModelFacts:
+    """A served teacher's facts: its local tokenizer's (--teacher-tokenizer, else the student's) and what the
+    serving preflight measured on the server (backends/served.py served_facts, on up to 8 rendered prompts)."""
+    from ..backends.served import served_facts
+
+    spec = ModelSpec(path=plan.teacher_tokenizer or student, trust_remote_code=plan.trust_remote_code)
+    path = resolve_model_path(spec, "teacher")
+    tok = _tokenizer_facts(path, spec, "teacher", name, plan, prompts)
+    tokenizer = tok.pop("tokenizer")
+    rendered = [list(r) for r in tok["rendered"][:8]] or [tokenizer.encode(
+        prompts[0].as_messages()[-1]["content"], add_special_tokens=False)]
+    texts = [tokenizer.decode(r) for r in rendered]
+    sample = (rendered[0] * 2)[:48] if rendered[0] else [0, 0]  # two tokens at least: one scored position
+    sf = served_facts(name, tokenizer, texts, sample, max(plan.top_k, plan.vllm_logprobs))
+    ctx = None if sf.max_model_len is None else int(sf.max_model_len) - 1
+    return ModelFacts(name=name, role="teacher", path=path, config={}, model_type_known=True,
+                      weights={"source": "served"}, context_length=ctx, served=sf, **tok)
 
 
 def _round_trip_error(tokenizer, prompts: Sequence[ProbePrompt]) -> str | None:
@@ -168,7 +193,8 @@ def findings(student: str, teachers: Sequence[str], plan: Plan, prompts: Sequenc
         if name in facts:
             continue
         try:
-            facts[name] = m = model_facts(name, role, plan, used)
+            facts[name] = m = (served_model_facts(name, student, plan, used) if role == "teacher" and is_served(name)
+                               else model_facts(name, role, plan, used))
         except ProbeError as e:
             facts[name] = None
             out.append(Finding("error", "load", e.message, e.fix, name, None if role == "student" else name))

@@ -29,6 +29,7 @@ from ..config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, from_known_keys
 from ..errors import InputError, OutputError, ProbeError
 from ..prompts import PoolRecord, iter_pool, scan_pool
 from ..rundir import OutDir, atomic_write_text, dumps, read_pool_scores
+from ..served import is_served
 from .stages import (NullProgress, Progress, environment, load_pair, model_spec, prompts_per_call, sampling_seed,
                      sampling_settings, score_batched, state_metrics)
 
@@ -71,6 +72,10 @@ class SelectConfig:
                       "score_batch_tokens")
 
     def __post_init__(self):
+        if is_served(self.teacher):
+            raise InputError(f"select-prompts does not score a served teacher ({self.teacher}) yet",
+                             fix="pass the teacher's local folder or hub id; compare and check probe it where it is "
+                                 "served (docs/endpoint.md)")
         if not self.work:
             out = Path(self.out)
             object.__setattr__(self, "work", str(out.with_name(out.stem + ".select")))

@@ -22,6 +22,7 @@ from ..backends import close_model, load_backend_model
 from ..backends.base import ModelSpec, SamplingSettings, ScoreArrays, release_memory
 from ..errors import InputError
 from ..rundir import OutDir
+from ..served import is_served
 from ..types import ProbePrompt, Rollout
 from ..vocab import check_vocab
 
@@ -59,10 +60,13 @@ def sampling_seed(seed: int, first_index: int) -> int:
 
 
 def model_spec(path: str, cfg) -> ModelSpec:
-    """A ModelSpec from any run config (ProbeConfig, SelectConfig, VerifyConfig): the fields it has are used."""
+    """A ModelSpec from any run config (ProbeConfig, SelectConfig, VerifyConfig): the fields it has are used. A
+    served teacher renders and decodes with --teacher-tokenizer, by default the student's (docs/endpoint.md)."""
     names = ("device", "dtype", "trust_remote_code", "device_map", "top_k", "tensor_parallel_size",
-             "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len", "vllm_logprobs")
-    return ModelSpec(path=path, **{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+             "pipeline_parallel_size", "gpu_memory_utilization", "max_model_len", "vllm_logprobs",
+             "request_concurrency", "request_timeout")
+    served = {"served_tokenizer": getattr(cfg, "teacher_tokenizer", None) or cfg.student} if is_served(path) else {}
+    return ModelSpec(path=path, **{n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **served)
 
 
 def sampling_settings(cfg, samples: int) -> SamplingSettings:

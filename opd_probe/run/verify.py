@@ -28,6 +28,7 @@ from pathlib import Path
 from .. import __version__
 from .. import config as C
 from ..errors import InputError
+from ..served import is_served
 from . import arms
 from .opd_step import LOSSES
 from .verify_cache import control_cache_dir, stored
@@ -88,6 +89,11 @@ class VerifyConfig:
     resume: bool = False
 
     def __post_init__(self):
+        if is_served(self.teacher):
+            raise InputError(f"verify trains the student against the teacher in this process: a served teacher "
+                             f"({self.teacher}) cannot be trained against yet",
+                             fix="pass the teacher's local folder or hub id to verify; compare and check probe it "
+                                 "where it is served (docs/endpoint.md)")
         fix = "correct the flag and run again (see opd-probe verify --help)"
         checks = [
             (self.steps >= 1, "--steps must be at least 1"),
