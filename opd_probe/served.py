@@ -125,6 +125,7 @@ class ServedFacts:
 
     label: str
     problem: str | None = None
+    problem_fix: str | None = None  # None: start the server / check the URL
     listed: tuple[str, ...] = ()
     model: str | None = None  # the name requests use
     max_model_len: int | None = None
@@ -146,8 +147,8 @@ def serving_findings(f: ServedFacts, k: int, kprime: int) -> list[Finding]:
     name = f.label
     add = lambda level, code, msg, fix=None, **d: _f(level, code, msg, fix, name, name, **d)  # noqa: E731
     if f.problem:
-        return [add("error", "served", f.problem, "start the server (e.g. vllm serve MODEL --max-logprobs 64) and "
-                    "check the URL: http(s)://HOST:PORT/v1#MODEL")]
+        return [add("error", "served", f.problem, f.problem_fix or "start the server (e.g. vllm serve MODEL "
+                    "--max-logprobs 64) and check the URL: http(s)://HOST:PORT/v1#MODEL")]
     out = []
     if f.model is None:
         listed = ", ".join(f.listed) or "none"

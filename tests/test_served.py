@@ -45,6 +45,11 @@ def test_endpoint_refuses_what_would_leak_or_cannot_be_reached(path, why):
         parse_endpoint(path)
 
 
+def test_a_key_in_the_url_exits_2_naming_the_environment_variable(student, tmp_path):
+    run = cli("compare", student, "http://user:sekrit@127.0.0.1:9/v1#m", *RUN, "--out", tmp_path / "o")
+    assert run.code == 2 and "OPD_PROBE_API_KEY" in run.err and "credentials" in run.err, run.err
+
+
 def test_logprob_cap_is_read_from_vllms_refusal():
     msg = "Requested prompt logprobs of 64, which is greater than max allowed: 20"
     assert served.logprob_cap_from_error(msg) == 20

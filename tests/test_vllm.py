@@ -274,6 +274,85 @@ def test_a_teacher_with_another_tokenizer_scored_by_vllm_matches_transformers(ti
     assert "teacher_entropy" in v["approximate"] and "teacher_entropy" not in h["approximate"]
 
 
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model, tmp_path_factory):
+    """`vllm serve` on a tiny teacher, on the loopback interface, stopped after the module (docs/endpoint.md)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    teacher = tiny_model(seed=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(teacher),
+           "--served-model-name", "tiny-teacher", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--max-logprobs", "64", "--max-model-len", "512", "--no-enable-prefix-caching", "--enforce-eager",
+           "--generation-config", "vllm"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"vllm serve did not come up:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield teacher, f"{url}#tiny-teacher"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_vllm_serve_teacher_scores_as_the_in_process_vllm_backend(tiny_model, vllm_server):
+    """The same checkpoint in a vLLM engine here and behind `vllm serve`: the same ids give the same top-K' ids and
+    log-probs, sampled-token log-probs and entropy bounds within ATOL (docs/vllm.md's tolerance)."""
+    from opd_probe.backends import load_backend_model
+
+    teacher, url = vllm_server
+    student = tiny_model(seed=0)
+    served = load_backend_model("hf", ModelSpec(path=url, served_tokenizer=str(student), top_k=K), "teacher")
+    engine = load_backend_model("vllm", ModelSpec(path=str(teacher), top_k=K), "teacher")
+    try:
+        prompts = [[1, 5, 9, 11, 40], [3, 3, 7]]
+        responses = [[20, 30, 40, 50, 60, 70], [100, 101, 102, 0]]
+        for a, b in zip(engine.score(prompts, responses, K), served.score(prompts, responses, K)):
+            assert np.array_equal(a.topk_ids_LK, b.topk_ids_LK)
+            for f in ("topk_logprobs_LK", "sampled_logprob_L", "entropy_L"):
+                assert np.allclose(getattr(a, f), getattr(b, f), atol=ATOL["tiny"]), f
+    finally:
+        engine.close()
+    assert served.info["backend"] == "served" and served.info["logprobs_per_position"] == 64
+
+
+def test_check_and_compare_against_vllm_serve(tiny_model, vllm_server, tmp_path):
+    """The serving preflight passes on a correctly started server; compare scores it like the local checkpoint
+    (exact metrics within ATOL of the transformers scorer, entropies flagged)."""
+    teacher, url = vllm_server
+    student = tiny_model(seed=0)
+    check = cli("check", student, url, "--prompts", TINY_PROMPTS, "--limit", "3", "--json")
+    found = {f["code"]: f["level"] for f in map(json.loads, check.out.splitlines()) if f["teacher"]}
+    assert all(found[c] == "ok" for c in ("served", "served-tokens", "served-logprobs", "served-determinism")), found
+    run = cli("compare", student, teacher, url, "--prompts", TINY_PROMPTS, "--samples", "2", "--max-new-tokens", "12",
+              "--limit", "3", "--quiet", "--out", tmp_path / "o", "--continuation-depths", "0", "--exit-zero")
+    assert run.code == 0, run.err
+    pairs = {p["teacher"]: p for p in json.loads((tmp_path / "o" / "results.json").read_text())["pairs"]}
+    local, remote = pairs[str(teacher)], pairs[url]
+    for m in EXACT_METRICS:
+        assert remote["pooled"][m]["mean"] == pytest.approx(local["pooled"][m]["mean"], abs=ATOL["tiny"]), m
+    assert "teacher_entropy" in remote["approximate"] and remote["model"]["backend"] == "served"
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--top-k", "600"], "larger than the student's vocabulary"),
     (["--max-model-len", "100000"], "exceeds the student's context"),
