@@ -15,8 +15,8 @@ import torch
 from ..errors import ModelLoadError
 from ..prompts import template_hash
 from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
-from .loading import (context_length_of, eos_ids_of, first_line, load_config, load_tokenizer, resolve_model_path,
-                      vocab_hash)
+from .loading import (TokenizerMethods, context_length_of, eos_ids_of, first_line, load_config, load_tokenizer,
+                      resolve_model_path, vocab_hash)
 
 # Bytes one chunk of output-head work may use: a float32 logits buffer and one same-sized scratch buffer.
 # Large enough that the head matmul stays efficient (SmolLM2: 1365 positions per chunk), and fixed, so peak
@@ -111,7 +111,7 @@ def reduce_logits(
     return top_ids, top_x - log_s, entropy, target_lp, query_lp
 
 
-class HFModel:
+class HFModel(TokenizerMethods):
     """A transformers causal LM with its tokenizer, ready to sample and to score."""
 
     def __init__(self, model, tokenizer, spec: ModelSpec, device: torch.device, role: str):
@@ -261,14 +261,6 @@ class HFModel:
             eos = self.eos_ids()
             pad = eos[0] if eos else 0
         return int(pad)
-
-    def render(self, prompt, use_chat_template: bool) -> list[int]:
-        from ..prompts import render_prompt_ids
-
-        return render_prompt_ids(self.tokenizer, prompt, use_chat_template=use_chat_template)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

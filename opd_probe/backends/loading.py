@@ -85,6 +85,31 @@ def eos_ids_of(tokenizer, generation_config) -> list[int]:
     return sorted(ids)
 
 
+def folder_eos_ids(tokenizer, path: str, revision: str | None = None) -> list[int]:
+    """The stop ids of a model folder's tokenizer and its generation_config.json, when it has one."""
+    from transformers import GenerationConfig
+
+    try:
+        gc = GenerationConfig.from_pretrained(path, revision=revision)
+    except Exception:  # noqa: BLE001 - no generation_config.json
+        gc = None
+    return eos_ids_of(tokenizer, gc)
+
+
+class TokenizerMethods:
+    """render and decode through ``self.tokenizer``, as every backend does."""
+
+    tokenizer: object
+
+    def render(self, prompt, use_chat_template: bool) -> list[int]:
+        from ..prompts import render_prompt_ids
+
+        return render_prompt_ids(self.tokenizer, prompt, use_chat_template=use_chat_template)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
 def _check_hub_reachable(model_id: str, role: str, timeout: float = 3.0) -> None:
     """Fail in seconds, not after a minute of download retries, when the hub cannot be reached."""
     import socket

@@ -29,6 +29,7 @@ from ..prompts import template_hash
 from ..served import (API_KEY_ENV, Endpoint, ServedFacts, backoff_delays, logprob_cap_from_error, parse_endpoint,
                       prompt_logprob_rows, retry_after_seconds, retryable, server_root, top_mass_excess)
 from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
+from .loading import TokenizerMethods, folder_eos_ids
 
 HOW_ENTROPY = ("served teacher: the server returns top-K' log-probs only: entropy is the lower bound "
                "-Σ_top p log p - r log p_(K') (tail mass r), K'={kprime}")
@@ -189,7 +190,8 @@ def served_facts(path: str, tokenizer, texts: Sequence[str], sample_ids: Sequenc
     try:
         endpoint = parse_endpoint(path)
     except ValueError as e:
-        return ServedFacts(label=path, problem=f"served teacher {e}")
+        return ServedFacts(label=path, problem=f"served teacher {e}", problem_fix="name it "
+                           f"http(s)://HOST:PORT/v1#MODEL; an API key goes in ${API_KEY_ENV}, never in the URL")
     client = Client(endpoint, timeout=timeout, retries=1)
     try:
         listed = listed_models(client)
@@ -231,7 +233,7 @@ def served_facts(path: str, tokenizer, texts: Sequence[str], sample_ids: Sequenc
 
 
 # ------------------------------------------------------------------------------------------------ the backend
-class ServedModel:
+class ServedModel(TokenizerMethods):
     """A served teacher behind the Backend interface (backends/base.py)."""
 
     schedules_own_batches = True  # the server schedules requests; the pipeline hands over whole score parts
@@ -321,24 +323,8 @@ class ServedModel:
 
     def eos_ids(self) -> list[int]:
         if self._eos is None:
-            from transformers import GenerationConfig
-
-            from .loading import eos_ids_of
-
-            try:
-                gc = GenerationConfig.from_pretrained(self.tokenizer_path)
-            except Exception:  # noqa: BLE001 - no generation_config.json beside the tokenizer
-                gc = None
-            self._eos = eos_ids_of(self.tokenizer, gc)
+            self._eos = folder_eos_ids(self.tokenizer, self.tokenizer_path)
         return self._eos
-
-    def render(self, prompt, use_chat_template: bool) -> list[int]:
-        from ..prompts import render_prompt_ids
-
-        return render_prompt_ids(self.tokenizer, prompt, use_chat_template=use_chat_template)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def _call(self, body: dict) -> dict:
         try:

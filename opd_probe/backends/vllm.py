@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import InputError, ModelLoadError
 from ..prompts import template_hash
 from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays, release_memory
+from .loading import TokenizerMethods, folder_eos_ids
 
 # How each approximation is made, for results.json and the reports (the numbers K' and the bound are filled in).
 HOW_ENTROPY = ("vLLM returns top-K' log-probs only: entropy is the lower bound -Σ_top p log p - r log p_(K') "
@@ -198,7 +199,7 @@ def _quiet_vllm_env() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the model
-class VLLMModel:
+class VLLMModel(TokenizerMethods):
     """A vLLM engine for one model plus its transformers tokenizer (rendering, vocabulary, decoding)."""
 
     schedules_own_batches = True  # the pipeline sends whole parts; vLLM schedules requests itself
@@ -354,24 +355,8 @@ class VLLMModel:
 
     def eos_ids(self) -> list[int]:
         if self._eos is None:
-            from transformers import GenerationConfig
-
-            from .loading import eos_ids_of
-
-            try:
-                gc = GenerationConfig.from_pretrained(self.path, revision=self.spec.revision)
-            except Exception:  # noqa: BLE001 - no generation_config.json
-                gc = None
-            self._eos = eos_ids_of(self.tokenizer, gc)
+            self._eos = folder_eos_ids(self.tokenizer, self.path, self.spec.revision)
         return self._eos
-
-    def render(self, prompt, use_chat_template: bool) -> list[int]:
-        from ..prompts import render_prompt_ids
-
-        return render_prompt_ids(self.tokenizer, prompt, use_chat_template=use_chat_template)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # ------------------------------------------------------------------ sampling
     def generate(self, prompt_ids: Sequence[Sequence[int]], settings: SamplingSettings,
