@@ -256,15 +256,18 @@ def test_verify_trains_a_teacher_with_another_tokenizer_with_the_sampled_loss(st
     assert cold.code == 2 and "--cold-start" in cold.err and "not supported yet" in cold.err
 
 
-def test_the_pilots_predictions_were_made_with_the_rules_in_force():
-    """benchmarks/cross/predictions.json was committed before the pilot's outcomes (lab/cross_bench.py): an edit of
+def test_the_pilots_and_the_familys_predictions_were_made_with_the_rules_in_force():
+    """benchmarks/cross/predictions.json and family/predictions.json were committed before their outcomes
+    (lab/cross_bench.py): an edit of
     the verdict rules (verdict.py, thresholds.py, crossverdict.py, crossmetrics.py) makes them another set of rules,
     whose predictions need new pairs (docs/cross-tokenizer.md)."""
     from opd_probe.lab import cross_bench
 
-    pred = json.loads((cross_bench.PILOT.root / "predictions.json").read_text())
-    assert pred["rules_hash"] == cross_bench.rules_hash()
-    assert set(pred["pairs"]) == {p[0] for p in cross_bench.PILOT.pairs}
+    for study in (cross_bench.PILOT, cross_bench.FAMILY):
+        pred = json.loads((study.root / "predictions.json").read_text())
+        assert pred["rules_hash"] == cross_bench.rules_hash(), study.name
+        assert set(pred["pairs"]) == {p[0] for p in study.pairs}, study.name
+    assert pred["opd"]["lr"] == 3e-5 and pred["opd"]["seeds"] == 3 and pred["opd"]["control"]
 
 
 def test_print_recipe_for_a_teacher_with_another_tokenizer_is_gold(student, other_tok_teacher):

@@ -1,8 +1,8 @@
 """Cross-tokenizer pairs predicted before their OPD outcomes exist (docs/cross-tokenizer.md). Two studies:
 
     pilot    five zoo pairs at the zoo's OPD lr (3e-4); predictions a9a7891, outcomes after: no teacher worked
-    family   seven new pairs (lab/build_cross.py FAMILY_RECIPES, benchmarks/cross/family/models) at lr 3e-5, the
-             setting a dev exploration after the pilot found good teachers to work under
+    family   seven new pairs (lab/build_cross.py FAMILY_RECIPES, benchmarks/cross/family/models) at lr 3e-5 with
+             sampled evaluation, the setting a dev exploration after the pilot found good teachers to work under
 
     python -m opd_probe.lab.cross_bench predict  --study family   # probe every pair -> STUDY/predictions.json; commit
     python -m opd_probe.lab.cross_bench outcomes --study family   # verify each pair (refused until predictions.json is
@@ -62,8 +62,11 @@ PILOT = Study("pilot", CROSS_DIR, (
     ("aligned-coarse-text", "aligned-coarse", "text"),
     ("strong-coarse-text", "strong-coarse", "text")), OPD)
 FAMILY = Study("family", CROSS_DIR / "family", tuple(
-    [(f"{t}-text", t, "text") for t in ("aligned-a7", "aligned-b8", "mild-a13", "mixed-b10", "same-a11", "strong-b12")]
-    + [("aligned-a7-ids", "aligned-a7", "auto")]), {**OPD, "lr": 3e-5}, CROSS_DIR / "family" / "models")
+    [(f"{t}-text", t, "text") for t in ("aligned-a7", "aligned-b8", "mild-a13", "mixed-b14", "same-a11", "strong-b12")]
+    + [("aligned-a7-ids", "aligned-a7", "auto")]),
+    # the dev exploration's settings exactly (docs/cross-tokenizer.md: lr 3e-5, verify's default sampled eval at
+    # temperature 1), under which the same-tokenizer `aligned` worked; its control arm is the same one
+    {**OPD, "lr": 3e-5, "eval_temperature": 1.0}, CROSS_DIR / "family" / "models")
 STUDIES = {s.name: s for s in (PILOT, FAMILY)}
 
 
