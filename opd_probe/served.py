@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Sequence
 from urllib.parse import urlsplit
+
+import numpy as np
 
 from .check_facts import Finding
 from .check_facts import finding as _f
@@ -72,17 +73,26 @@ def server_root(base: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ responses
-def prompt_logprob_rows(rows: Sequence[dict | None]) -> list[dict | None]:
-    """A completions choice's ``prompt_logprobs`` (JSON: per prompt token None or {"id": {"logprob", "rank"}}) ->
-    the {int id: Logprob-like} rows the vLLM backend's converters read (backends/vllm.py position_arrays)."""
-    out: list[dict | None] = []
-    for row in rows:
+def json_position_arrays(rows: Sequence[dict | None], first: int, n: int, kprime: int,
+                         actual_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions first..first+n-1 of a completions choice's ``prompt_logprobs`` (JSON: per prompt token None or
+    {"id": {"logprob", "rank", ...}}, vLLM's layout: the top-K' by rank plus the token there) -> (actual log-prob
+    (n,), top-K' ids (n, K'), top-K' log-probs (n, K'), sorted by rank), as backends/vllm.py position_arrays."""
+    actual_lp = np.empty(n, np.float32)
+    top_ids = np.empty((n, kprime), np.int64)
+    top_lp = np.empty((n, kprime), np.float32)
+    for j in range(n):
+        row = rows[first + j]
         if row is None:
-            out.append(None)
-            continue
-        out.append({int(tid): SimpleNamespace(logprob=float(v["logprob"]), rank=v.get("rank"))
-                    for tid, v in row.items()})
-    return out
+            raise ValueError(f"no prompt log-probs at position {first + j}")
+        actual_lp[j] = row[str(int(actual_ids[j]))]["logprob"]
+        ranked = sorted((v["rank"], int(t), v["logprob"]) for t, v in row.items()
+                        if v.get("rank") is not None and v["rank"] <= kprime)
+        if len(ranked) < kprime:
+            raise ValueError(f"{len(ranked)} prompt log-probs at position {first + j}, expected {kprime}")
+        top_ids[j] = [r[1] for r in ranked[:kprime]]
+        top_lp[j] = [r[2] for r in ranked[:kprime]]
+    return actual_lp, top_ids, top_lp
 
 
 def logprob_cap_from_error(message: str) -> int | None:

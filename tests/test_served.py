@@ -65,19 +65,20 @@ def test_backoff_doubles_to_its_cap_and_retry_after_wins():
     assert not served.retryable(400) and not served.retryable(401) and not served.retryable(404)
 
 
-def test_prompt_logprob_rows_become_the_vllm_backends_arrays():
-    """Two positions, K' = 2: the actual token's row entry gives the sampled log-prob even outside the top-2."""
-    from opd_probe.backends.vllm import position_arrays
-
-    rows = served.prompt_logprob_rows([
+def test_prompt_logprob_rows_become_arrays_by_rank():
+    """Two positions, K' = 2: the actual token's entry gives the sampled log-prob even outside the top-2; the top
+    entries come out in rank order whatever the JSON order."""
+    rows = [
         None,
-        {"5": {"logprob": -0.1, "rank": 1}, "7": {"logprob": -2.5, "rank": 2}},
+        {"7": {"logprob": -2.5, "rank": 2}, "5": {"logprob": -0.1, "rank": 1}},
         {"3": {"logprob": -0.3, "rank": 1}, "5": {"logprob": -1.6, "rank": 2}, "9": {"logprob": -4.0, "rank": 7}},
-    ])
-    actual, ids, lps = position_arrays(rows, 1, 2, 2, [7, 9])
+    ]
+    actual, ids, lps = served.json_position_arrays(rows, 1, 2, 2, [7, 9])
     assert actual.tolist() == pytest.approx([-2.5, -4.0])
     assert ids.tolist() == [[5, 7], [3, 5]]
     assert np.allclose(lps, [[-0.1, -2.5], [-0.3, -1.6]])
+    with pytest.raises(ValueError, match="expected 3"):
+        served.json_position_arrays(rows, 1, 2, 3, [7, 9])
 
 
 def test_top_mass_excess_by_hand():

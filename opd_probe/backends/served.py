@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from ..errors import InputError, ModelLoadError
 from ..prompts import template_hash
 from ..served import (API_KEY_ENV, Endpoint, ServedFacts, backoff_delays, logprob_cap_from_error, parse_endpoint,
-                      prompt_logprob_rows, retry_after_seconds, retryable, server_root, top_mass_excess)
+                      json_position_arrays, retry_after_seconds, retryable, server_root, top_mass_excess)
 from .base import Generation, ModelSpec, SamplingSettings, ScoreArrays
 from .loading import TokenizerMethods, folder_eos_ids
 
@@ -144,9 +143,9 @@ def score_request(model: str, ids: Sequence[int], kprime: int, temperature: floa
 
 
 def prompt_rows(answer: dict) -> list | None:
+    """A scoring answer's prompt log-prob rows (JSON, vLLM's layout), None when it has none."""
     choices = answer.get("choices") or [{}]
-    rows = choices[0].get("prompt_logprobs")
-    return None if rows is None else prompt_logprob_rows(rows)
+    return choices[0].get("prompt_logprobs")
 
 
 def probe_logprobs_cap(client: Client, model: str, ids: Sequence[int], kprime: int) -> tuple[int | None, list | None]:
@@ -165,19 +164,21 @@ def _top_values(rows: list, kprime: int) -> list[list[float]]:
     out = []
     for row in rows[1:]:
         if row:
-            ranked = sorted((v.rank, v.logprob) for v in row.values() if v.rank is not None and v.rank <= kprime)
+            ranked = sorted((v["rank"], v["logprob"]) for v in row.values()
+                            if v.get("rank") is not None and v["rank"] <= kprime)
             out.append([lp for _, lp in ranked])
     return out
 
 
 def _max_diff(a: list, b: list) -> float:
+    """The largest |difference| of a log-prob both answers hold at a position."""
     worst = 0.0
     for ra, rb in zip(a[1:], b[1:]):
         if ra is None or rb is None:
             continue
         for tid, v in ra.items():
             if tid in rb:
-                worst = max(worst, abs(v.logprob - rb[tid].logprob))
+                worst = max(worst, abs(v["logprob"] - rb[tid]["logprob"]))
     return worst
 
 
@@ -361,7 +362,7 @@ class ServedModel(TokenizerMethods):
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], k: int,
               query_ids_LQ: Sequence[np.ndarray] | None = None) -> list[ScoreArrays]:
         """One prompt-log-prob request per (prompt + response), ``concurrency`` in flight."""
-        from .vllm import score_arrays_from_output
+        from .vllm import score_arrays_from_positions
 
         if k > self.kprime:
             raise InputError(f"k={k} exceeds the {self.kprime} log-probs per position the server returns",
@@ -374,8 +375,12 @@ class ServedModel(TokenizerMethods):
                 raise ModelLoadError(f"served teacher {self.client.endpoint.label}: the answer has "
                                      f"{'no' if rows is None else len(rows)} prompt log-prob rows for "
                                      f"{len(p) + len(r)} tokens", fix="serve the teacher with vLLM or SGLang")
-            return score_arrays_from_output(SimpleNamespace(prompt_logprobs=rows), len(p), r, k, self.kprime,
-                                            self.vocab_size, None if query_ids_LQ is None else
-                                            np.asarray(query_ids_LQ[i]), entropy_exact=False)
+            try:
+                arrays = json_position_arrays(rows, len(p), len(r), self.kprime, r)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ModelLoadError(f"served teacher {self.client.endpoint.label}: an answer's prompt log-probs "
+                                     f"are not in vLLM's layout ({e})", fix="serve the teacher with vLLM") from e
+            return score_arrays_from_positions(*arrays, r, k, self.vocab_size, None if query_ids_LQ is None else
+                                               np.asarray(query_ids_LQ[i]), entropy_exact=False)
 
         return self.client.map(one, list(range(len(prompt_ids))))

@@ -149,13 +149,22 @@ def score_arrays_from_output(
     ``output.prompt_token_id_logprobs`` (when the request asked ``prompt_logprob_token_ids`` from row
     prompt_len - 1) holds the exact log-probs of the query ids, one row per response token.
     """
+    arrays = position_arrays(output.prompt_logprobs, prompt_len, len(response_ids), kprime, response_ids)
+    return score_arrays_from_positions(*arrays, response_ids, k, vocab_size, query_ids_LQ, entropy_exact,
+                                       getattr(output, "prompt_token_id_logprobs", None))
+
+
+def score_arrays_from_positions(
+    actual_lp: np.ndarray, top_ids: np.ndarray, top_lp: np.ndarray, response_ids: Sequence[int], k: int,
+    vocab_size: int, query_ids_LQ: np.ndarray | None, entropy_exact: bool, exact_rows=None,
+) -> ScoreArrays:
+    """ScoreArrays from per-position (actual log-prob, top-K' ids, top-K' log-probs): padding rows dropped, the
+    entropy bound, the query ids exact (``exact_rows``) or looked up in the top-K' (vLLM engine and served)."""
     n = len(response_ids)
-    actual_lp, top_ids, top_lp = position_arrays(output.prompt_logprobs, prompt_len, n, kprime, response_ids)
     top_ids, top_lp = drop_padding_ids(top_ids, top_lp, vocab_size, k)
     entropy = entropy_lower_bound(top_lp)
     query = query_exact = None
     if query_ids_LQ is not None:
-        exact_rows = getattr(output, "prompt_token_id_logprobs", None)
         if exact_rows is not None:
             query = np.asarray(exact_rows, dtype=np.float32)
             if query.shape != np.shape(query_ids_LQ):
