@@ -158,6 +158,19 @@ def test_outcomes_are_refused_until_the_predictions_are_committed(tmp_path, fold
         guard(root)
 
 
+def test_wilson_interval_and_sign_test_by_hand():
+    from opd_probe.lab.validation import sign_test, wilson_interval
+
+    # 6/6: centre (1 + 1.96^2/12) / (1 + 1.96^2/6) = 0.8048, half 1.96/1.6403 * sqrt(1.96^2/144) = 0.1952
+    lo, hi = wilson_interval(6, 6)
+    assert lo == pytest.approx(0.6097, abs=1e-4) and hi == pytest.approx(1.0)
+    lo, hi = wilson_interval(3, 6)  # symmetric about 0.5
+    assert lo == pytest.approx(1 - hi) and lo == pytest.approx(0.1876, abs=1e-4)
+    assert sign_test(3, 0) == pytest.approx(1 / 8)
+    assert sign_test(2, 1) == pytest.approx(4 / 8)  # P(X >= 2 | n = 3) = (3 + 1) / 8
+    assert sign_test(0, 0) == 1.0
+
+
 def test_predicted_gain_is_the_depth0_gain_on_the_supported_share():
     nov = {"continuation": [{"depth": 0, "gain": 0.5}, {"depth": 8, "gain": 0.9}]}
     assert predicted_gain({"unsupported": 0.2, "overlap_mass_student": 0.3}, nov) == pytest.approx(0.4)

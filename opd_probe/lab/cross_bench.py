@@ -196,7 +196,10 @@ def single_metric_rules(p: dict, mode: str) -> dict[str, bool]:
 
 
 def score(study: Study) -> str:
-    """The markdown table: prediction beside outcome per pair, then every predictor's hits on the labelled pairs."""
+    """The markdown table: prediction beside outcome per pair, then every predictor's hits on the labelled pairs
+    with their Wilson intervals, and the verdict paired against each other predictor."""
+    from .validation import sign_test, wilson_interval
+
     pred = json.loads((study.root / "predictions.json").read_text())
     acc = study.heldout_accuracy()
     student_hard = acc["student"]["hard"]
@@ -227,9 +230,19 @@ def score(study: Study) -> str:
         for k, v in said.items():
             hits[k].append(v == works)
     lines.append("")
-    lines.append("Right on the labelled pairs: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in hits.items()) +
+    lines.append("Right on the labelled pairs [Wilson 95%]: " + ", ".join(
+        f"{k} {sum(v)}/{len(v)} [{lo:.2f}, {hi:.2f}]" for k, v in hits.items()
+        for lo, hi in [wilson_interval(sum(v), len(v))]) +
                  f" (teacher accuracy: works when the teacher's held-out hard accuracy beats the student's "
                  f"{student_hard:.2f} by 0.1+). Rules {pred['rules_hash']}.")
+    paired = []
+    for k, v in hits.items():
+        if k != "verdict":
+            wins = sum(a and not b for a, b in zip(hits["verdict"], v))
+            losses = sum(b and not a for a, b in zip(hits["verdict"], v))
+            paired.append(f"{k} {wins}-{losses} (p = {sign_test(wins, losses):.3f})")
+    lines.append("Verdict against each, pairs where only one is right (one-sided exact sign test): " +
+                 ", ".join(paired) + ".")
     return "\n".join(lines)
 
 

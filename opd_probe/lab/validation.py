@@ -109,6 +109,25 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion hits / n (95% at z = 1.96): unlike a bootstrap it does not collapse
+    to [1, 1] at n/n, which matters for the handful of pairs a family has."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p, z2 = hits / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test: P(at least ``wins`` of the discordant pairs favour A | no difference)."""
+    from math import comb
+
+    n = wins + losses
+    return sum(comb(n, i) for i in range(wins, n + 1)) / 2 ** n if n else 1.0
+
+
 def fit_threshold(score: Sequence[float], works: Sequence[bool]) -> tuple[float, bool]:
     """The one-metric rule "works iff score >= t" (or "<= t" when lower is better) with the highest balanced
     accuracy on these (dev) pairs. Returns (t, higher_is_better); ties go to the middle candidate threshold."""
