@@ -270,6 +270,21 @@ def test_the_pilots_and_the_familys_predictions_were_made_with_the_rules_in_forc
     assert pred["opd"]["lr"] == 3e-5 and pred["opd"]["seeds"] == 3 and pred["opd"]["control"]
 
 
+@pytest.mark.slow
+def test_the_shipped_family_models_reproduce_the_frozen_predictions(tmp_path):
+    """Re-probe the cross-tokenizer family's shipped teachers with the frozen settings: every verdict and reason as
+    committed before the outcomes (benchmarks/cross/family/predictions.json), the pattern values within 0.005."""
+    from opd_probe.lab import cross_bench
+
+    frozen = json.loads((cross_bench.FAMILY.root / "predictions.json").read_text())["pairs"]
+    again = cross_bench.predict(cross_bench.FAMILY, tmp_path, write=False)["pairs"]
+    for pid, q in frozen.items():
+        now = again[pid]
+        assert (now["status"], now["reasons"]) == (q["status"], q["reasons"]), pid
+        key = "chunk_unsupported" if q["alignment"] == "text" else "unsupported"
+        assert now["metrics"][key] == pytest.approx(q["metrics"][key], abs=5e-3), pid
+
+
 def test_print_recipe_for_a_teacher_with_another_tokenizer_is_gold(student, other_tok_teacher):
     run = cli("verify", student, other_tok_teacher, "--prompts", TINY_PROMPTS, "--loss", "sampled", "--print-recipe",
               "trl")

@@ -81,9 +81,9 @@ def rules_hash() -> str:
                                                                "crossmetrics.py")])
 
 
-def predict(study: Study, work: Path) -> dict:
+def predict(study: Study, work: Path, write: bool = True) -> dict:
     """Probe the pairs (one student run, its rollouts reused for the text-aligned teachers) and write the
-    predictions: each pair's verdict, reasons and the numbers they read."""
+    predictions (``write``; else only return them): each pair's verdict, reasons and the numbers they read."""
     from ..config import ProbeConfig
     from ..rundir import dumps
     from ..run.probe import run_probe
@@ -114,8 +114,9 @@ def predict(study: Study, work: Path) -> dict:
             "reasons": [f"{r.code}:{r.severity}" for r in p.verdict.reasons],
             "metrics": {m: p.pooled[m].mean for m in keep if m in p.pooled},
             "continuation_gain_0": base.gain if base else None}
-    study.root.mkdir(parents=True, exist_ok=True)
-    (study.root / "predictions.json").write_text(dumps(out) + "\n")  # strict JSON: NaN -> null
+    if write:
+        study.root.mkdir(parents=True, exist_ok=True)
+        (study.root / "predictions.json").write_text(dumps(out) + "\n")  # strict JSON: NaN -> null
     return out
 
 
