@@ -28,6 +28,7 @@ class StubTeacher:
     def reset(self):
         self.fail = []  # statuses answered to the next completions requests, one each
         self.fail_after: int | None = None  # 503 to every completions request after this many (a server gone)
+        self.fail_at: dict[int, int] = {}  # completions request number (from 1) -> the status it gets
         self.delay = 0.0  # seconds before each completions answer
         self.truncate = 0  # completions answers cut mid-JSON
         self.processed = False  # prompt log-probs at the request's temperature (not raw)
@@ -91,6 +92,7 @@ class StubTeacher:
             status = self.fail.pop(0) if self.fail else None
             if self.fail_after is not None and self.n_completions > self.fail_after:
                 status = 503
+            status = self.fail_at.get(self.n_completions, status)
             cut = status is None and self.truncate > 0
             self.truncate -= int(cut)
         if self.delay:

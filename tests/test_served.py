@@ -167,6 +167,7 @@ def test_served_teacher_gives_the_local_scorers_exact_metrics(student, teacher, 
     assert "entropy_gap" in remote["approximate"] and "entropy_gap" not in local["approximate"]
     assert remote["pooled"]["teacher_entropy"]["mean"] <= local["pooled"]["teacher_entropy"]["mean"] + 1e-4
     assert remote["model"]["backend"] == "served" and remote["model"]["served_model"] == NAME
+    assert remote["model"]["requests_retried"] == 0
     assert any(h.get("Authorization") == "Bearer sekrit-key-123" for h in stub.headers)
     for f in (tmp_path / "r").rglob("*"):
         if f.is_file():
@@ -262,9 +263,13 @@ def test_a_server_lost_mid_run_loses_no_saved_part_and_resume_finishes(student, 
     saved = list((tmp_path / "cut").rglob("*part*"))
     assert saved, "no score part was kept"
     stub.reset()
+    # a flaky restart: two scoring requests (after the preflight's 3 and the load's 1) fail once, are retried, and
+    # results.json counts the retries
+    stub.fail_at = {6: 503, 7: 429}
     resumed = cli("compare", student, served_name, *RUN, "--out", tmp_path / "cut", "--resume", "--exit-zero")
     assert resumed.code == 0, resumed.err
-    assert stub.n_completions < n_full
+    assert stub.n_completions - 2 < n_full
+    assert _pairs(tmp_path / "cut")[served_name]["model"]["requests_retried"] >= 1
     a, b = _pairs(tmp_path / "full")[served_name], _pairs(tmp_path / "cut")[served_name]
     for m in ("overlap_ratio", "sampled_reverse_kl", "entropy_gap"):
         assert b["pooled"][m]["mean"] == pytest.approx(a["pooled"][m]["mean"], abs=1e-6)

@@ -57,7 +57,7 @@ class Client:
         self.concurrency = max(1, concurrency)
         self.delays = backoff_delays(retries, backoff)
         self.sleep = sleep
-        self.retried = 0  # requests that needed a retry (reported in the model's info)
+        self.retried = 0  # retries so far (the model's info reports them: a flaky server shows)
 
     def _headers(self) -> dict:
         h = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -193,7 +193,7 @@ def served_facts(path: str, tokenizer, texts: Sequence[str], sample_ids: Sequenc
     except ValueError as e:
         return ServedFacts(label=path, problem=f"served teacher {e}", problem_fix="name it "
                            f"http(s)://HOST:PORT/v1#MODEL; an API key goes in ${API_KEY_ENV}, never in the URL")
-    client = Client(endpoint, timeout=timeout, retries=1)
+    client = Client(endpoint, timeout=timeout, retries=3)  # a busy server (429) is no preflight failure
     try:
         listed = listed_models(client)
     except ServedError as e:
@@ -310,6 +310,7 @@ class ServedModel(TokenizerMethods):
             "backend": "served", "served_model": self.model, "server": self.client.endpoint.base,
             "tokenizer_path": self.tokenizer_path, "logprobs_per_position": self.kprime, "exact_id_scoring": False,
             "request_concurrency": self.client.concurrency, "request_timeout_s": self.client.timeout,
+            "requests_retried": self.client.retried,
             "approximations": {"entropy": HOW_ENTROPY.format(kprime=self.kprime),
                                "query": HOW_QUERY.format(kprime=self.kprime)},
             "normalised_over": "the served model's output head",
@@ -332,6 +333,8 @@ class ServedModel(TokenizerMethods):
             return self.client.call("/completions", body)
         except ServedError as e:
             raise _served_error(e, self.role, self.client.endpoint.label) from e
+        finally:
+            self.info["requests_retried"] = self.client.retried
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], settings: SamplingSettings,
                  seed: int) -> list[list[Generation]]:
