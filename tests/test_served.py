@@ -277,8 +277,8 @@ def test_a_server_lost_mid_run_loses_no_saved_part_and_resume_finishes(student, 
 
 @pytest.mark.parametrize("args, text", [
     (["verify", "{s}", "{u}", "--prompts", TINY_PROMPTS, "--out", "{o}"], "verify"),
-    (["select-prompts", "{s}", "{u}", "--pool", TINY_PROMPTS, "--keep", "2", "--out", "{o}/k.jsonl"],
-     "select-prompts"),
+    (["select-prompts", "{s}", "{u}", "--pool", TINY_PROMPTS, "--keep", "2", "--out", "{o}/k.jsonl", "--rank-by",
+      "kl"], "--rank-by mass"),
     (["compare", "{s}", "{u}", *RUN, "--out", "{o}", "--alignment", "text"], "student's ids"),
     (["compare", "{u}", "{s}", *RUN, "--out", "{o}"], "only a teacher can be served"),
 ])
@@ -286,6 +286,18 @@ def test_what_a_served_teacher_cannot_do_yet_exits_2(student, stub, tmp_path, ar
     fill = {"s": str(student), "u": f"{stub.url}#{NAME}", "o": str(tmp_path / "o")}
     run = cli(*[str(a).format(**fill) for a in args])
     assert run.code == 2 and text in run.err, run.err
+
+
+def test_select_prompts_keeps_what_the_local_teacher_keeps(student, teacher, stub, tmp_path):
+    """select-prompts ranks by overlap mass, exact from a served teacher: the same kept prompts as the same
+    checkpoint loaded here."""
+    base = ["--pool", TINY_PROMPTS, "--keep", "4", "--probe-samples", "2", "--max-new-tokens", "6", "--quiet"]
+    kept = {}
+    for name, t in (("local", teacher), ("served", f"{stub.url}#{NAME}")):
+        run = cli("select-prompts", student, t, *base, "--out", tmp_path / f"{name}.jsonl")
+        assert run.code == 0, run.err
+        kept[name] = [json.loads(line)["id"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert kept["served"] == kept["local"] and len(kept["local"]) == 4
 
 
 def test_a_local_tokenizer_the_server_does_not_use_exits_2(student, stub, tmp_path):

@@ -72,13 +72,13 @@ class SelectConfig:
                       "score_batch_tokens")
 
     def __post_init__(self):
-        if is_served(self.teacher):
-            raise InputError(f"select-prompts does not score a served teacher ({self.teacher}) yet",
-                             fix="pass the teacher's local folder or hub id; compare and check probe it where it is "
-                                 "served (docs/endpoint.md)")
         if not self.work:
             out = Path(self.out)
             object.__setattr__(self, "work", str(out.with_name(out.stem + ".select")))
+        if is_served(self.teacher) and self.rank_by == "kl":
+            raise InputError("--rank-by kl with a served teacher: its top-k reverse KL is a lower bound wherever a "
+                             "student id falls outside the top-K' the server returns (docs/endpoint.md)",
+                             fix="--rank-by mass or --rank-by overlap (exact from a served teacher)")
         fix = "correct the flag and run again (see opd-probe select-prompts --help)"
         checks = [
             (self.keep >= 1, f"--keep must be at least 1, got {self.keep}"),
