@@ -37,11 +37,8 @@ def model_findings(m: ModelFacts, plan: Plan, device: DeviceFacts, prompt_labels
     if m.served is not None:  # config, weights and memory are the server's: the serving preflight instead
         from .served import serving_findings
 
-        top_k = [] if plan.top_k <= m.tokenizer_len else [_f(
-            "error", "top-k", f"--top-k {plan.top_k} is larger than the {m.role}'s vocabulary ({m.tokenizer_len} "
-            "tokens)", f"use --top-k {min(16, m.tokenizer_len)} (the paper's default is 16)", m.name)]
-        return _token_findings(m, plan) + top_k + serving_findings(m.served, plan.top_k,
-                                                                   max(plan.top_k, plan.vllm_logprobs))
+        return _token_findings(m, plan) + _top_k_findings(m, plan) + serving_findings(
+            m.served, plan.top_k, max(plan.top_k, plan.vllm_logprobs))
     out: list[Finding] = []
     add = lambda level, code, msg, fix=None, **d: out.append(_f(level, code, msg, fix, m.name, None, **d))  # noqa: E731
     cfg = m.config
@@ -78,13 +75,18 @@ def model_findings(m: ModelFacts, plan: Plan, device: DeviceFacts, prompt_labels
             add("ok", "head", f"padded output head: {head} rows for {m.tokenizer_len} tokens (padding rows are "
                 "ignored)")
     out.extend(_token_findings(m, plan))
-    if plan.top_k > m.tokenizer_len:
-        add("error", "top-k", f"--top-k {plan.top_k} is larger than the {m.role}'s vocabulary ({m.tokenizer_len} "
-            "tokens)", f"use --top-k {min(16, m.tokenizer_len)} (the paper's default is 16)")
+    out.extend(_top_k_findings(m, plan))
     if m.role == "student":
         out.extend(_student_context(m, plan, prompt_labels))
     out.extend(memory_findings(m, plan, device))
     return out
+
+
+def _top_k_findings(m: ModelFacts, plan: Plan) -> list[Finding]:
+    if plan.top_k <= m.tokenizer_len:
+        return []
+    return [_f("error", "top-k", f"--top-k {plan.top_k} is larger than the {m.role}'s vocabulary ({m.tokenizer_len} "
+               "tokens)", f"use --top-k {min(16, m.tokenizer_len)} (the paper's default is 16)", m.name)]
 
 
 def _token_findings(m: ModelFacts, plan: Plan) -> list[Finding]:

@@ -136,6 +136,8 @@ class ProbeConfig:
                     "gpu_memory_utilization", "max_model_len", "request_concurrency", "request_timeout")
 
     def __post_init__(self):
+        from .served import is_served  # here: served.py imports check_facts, which imports this module
+
         object.__setattr__(self, "teachers", tuple(self.teachers))
         object.__setattr__(self, "continuation_depths", tuple(int(d) for d in self.continuation_depths))
         tmpl = [self.template] if isinstance(self.template, str) else list(self.template)
@@ -172,9 +174,9 @@ class ProbeConfig:
             (self.request_concurrency >= 1, "--request-concurrency must be at least 1"),
             (self.request_timeout > 0, "--request-timeout must be > 0 seconds"),
             (self.alignment in ALIGNMENTS, f"--alignment takes {' or '.join(ALIGNMENTS)}; got {self.alignment!r}"),
-            (self.alignment != "text" or not any(t.startswith(("http://", "https://")) for t in self.teachers),
+            (self.alignment != "text" or not any(is_served(t) for t in self.teachers),
              "--alignment text: a served teacher (a URL) is scored on the student's ids only"),
-            (not self.student.startswith(("http://", "https://")),
+            (not is_served(self.student),
              f"the student is a URL ({self.student}): only a teacher can be served; the student samples in this "
              "process"),
         ]

@@ -160,16 +160,6 @@ def probe_logprobs_cap(client: Client, model: str, ids: Sequence[int], kprime: i
     return cap, prompt_rows(client.call("/completions", score_request(model, ids, cap)))
 
 
-def _top_values(rows: list, kprime: int) -> list[list[float]]:
-    out = []
-    for row in rows[1:]:
-        if row:
-            ranked = sorted((v["rank"], v["logprob"]) for v in row.values()
-                            if v.get("rank") is not None and v["rank"] <= kprime)
-            out.append([lp for _, lp in ranked])
-    return out
-
-
 def _max_diff(a: list, b: list) -> float:
     """The largest |difference| of a log-prob both answers hold at a position."""
     worst = 0.0
@@ -228,7 +218,8 @@ def served_facts(path: str, tokenizer, texts: Sequence[str], sample_ids: Sequenc
         again = prompt_rows(client.call("/completions", score_request(model, sample_ids, cap)))
     except ServedError as e:
         return ServedFacts(**facts, problem=f"{endpoint.label}: a scoring request failed: {e.message}")
-    return ServedFacts(**facts, logprobs_cap=cap, mass_excess=top_mass_excess(_top_values(rows, cap)),
+    _, _, top_lp = json_position_arrays(rows, 1, len(sample_ids) - 1, cap, sample_ids[1:])
+    return ServedFacts(**facts, logprobs_cap=cap, mass_excess=top_mass_excess(top_lp),
                        temperature_shift=_max_diff(rows, cooler or rows), repeat_diff=_max_diff(rows, again or rows),
                        seconds=time.perf_counter() - t0)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..costs import Cost, Projection, Range
 from ..metrics import METRICS
+from ..served import is_served
 
 MISSING = "–"
 
@@ -128,7 +129,7 @@ def short_names(names: list[str]) -> dict[str, str]:
     """Folder names instead of full paths when they are unique (hub ids keep their org/ prefix; a served teacher
     is its model name with "served:" before it)."""
     def short(n: str) -> str:
-        if n.startswith(("http://", "https://")):
+        if is_served(n):
             return "served:" + (n.partition("#")[2] or n.split("//", 1)[1])
         parts = n.rstrip("/").split("/")
         return "/".join(parts[-2:]) if len(parts) == 2 and not n.startswith((".", "/", "~")) else parts[-1]
